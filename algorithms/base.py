@@ -1,0 +1,116 @@
+"""The contract every algorithm meets, ours or a plugin's.
+
+An algorithm is a Keras model plus two pure functions of ``(params, task)``: ``task_loss`` (the
+outer loss of one meta-training task) and ``task_eval`` (adapt on the support set, score the query
+set after each inner step). It never imports a backend: gradients come from the engine it is bound
+to, and the runner compiles and maps the two functions over the tasks of a batch.
+
+A complete subclass (first-order "adapt the head only" would be a few lines more)::
+
+    class NoAdaptation(Algorithm):
+        name = "no_adaptation"
+
+        def task_loss(self, params, task):
+            predictions = self.apply(params, task["query_x"])
+            return self.objective.loss(predictions, task["query_y"]), {
+                self.objective.metric_name: self.objective.metric(predictions, task["query_y"])}
+
+        def task_eval(self, params, task, max_steps):
+            predictions = self.apply(params, task["query_x"])
+            metric = self.objective.metric(predictions, task["query_y"])
+            return {"metric": keras.ops.repeat(metric[None], max_steps + 1)}
+
+Task shapes (one task, from ``harness.episodes``): ``support_x [S, ...]``, ``support_y [S]``
+(class labels, int32) or ``[S, out_dim]`` (regression targets), ``query_x [Q, ...]``,
+``query_y`` likewise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import keras
+from keras import ops
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """Loss and metric of a task kind: cross-entropy and accuracy, or MSE and MSE."""
+
+    kind: str
+    loss: Callable
+    metric: Callable
+    metric_name: str
+    higher_is_better: bool
+
+
+def _cross_entropy(logits, labels):
+    return ops.mean(ops.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+
+
+def _accuracy(logits, labels):
+    predicted = ops.cast(ops.argmax(logits, axis=-1), "int32")
+    return ops.mean(ops.cast(ops.equal(predicted, ops.cast(labels, "int32")), "float32"))
+
+
+def _mse(predictions, targets):
+    return ops.mean(ops.square(predictions - targets))
+
+
+OBJECTIVES = {
+    "classification": Objective("classification", _cross_entropy, _accuracy, "accuracy", True),
+    "regression": Objective("regression", _mse, _mse, "mse", False),
+}
+
+
+class Algorithm:
+    """Base class of meta-learning algorithms.
+
+    Subclasses set ``name``, store their hyperparameters unmodified in ``__init__`` and implement
+    ``task_loss`` and ``task_eval``. ``build`` binds the model, the task kind and the engine.
+    """
+
+    name: str = ""
+
+    def __init__(self):
+        self.model: keras.Model | None = None
+        self.engine = None
+        self.objective: Objective | None = None
+
+    def build(self, model: keras.Model, task_kind: str, engine) -> "Algorithm":
+        """Bind ``model`` (already built), the task kind and the engine; returns ``self``."""
+        if task_kind not in OBJECTIVES:
+            raise ValueError(f"Received task_kind={task_kind!r}; expected one of {list(OBJECTIVES)}.")
+        for method in ("task_loss", "task_eval"):
+            if getattr(type(self), method) is getattr(Algorithm, method):
+                raise TypeError(f"{type(self).__name__} must implement {method}(params, task, ...).")
+        self.model = model
+        self.objective = OBJECTIVES[task_kind]
+        self.engine = engine
+        return self
+
+    def meta_variables(self) -> list:
+        """The variables the outer optimizer updates; ``params`` lists their values in this order."""
+        return list(self.model.trainable_variables)
+
+    def apply(self, params, x, training: bool = True):
+        """The model's output for ``x`` with weights ``params`` (batch-norm on batch statistics when training)."""
+        non_trainable = [v.value for v in self.model.non_trainable_variables]
+        outputs, _ = self.model.stateless_call(params, non_trainable, x, training=training)
+        return outputs
+
+    def task_loss(self, params, task):
+        """Outer loss of one task: ``(scalar loss, {metric name: scalar})``, differentiable in ``params``."""
+        raise NotImplementedError
+
+    def task_eval(self, params, task, max_steps: int):
+        """Adapt on the support set and score the query set after 0..max_steps inner steps.
+
+        Returns ``{"metric": [max_steps + 1], "loss": [max_steps + 1]}`` (accuracy as a fraction or MSE).
+        """
+        raise NotImplementedError
+
+    def notes(self) -> dict:
+        """Facts recorded with every result that change how to read it (e.g. batch-norm mode)."""
+        return {}

@@ -1,0 +1,38 @@
+"""Backbones of the MAML paper: the sinusoid MLP and the four-block convolutional network."""
+
+from __future__ import annotations
+
+import keras
+
+
+def conv4(input_shape, num_classes: int, *, filters: int = 64, strided: bool = True, batch_norm: bool = True) -> keras.Model:
+    """Four blocks of [3x3 conv, batch norm, ReLU] then flatten and a linear layer.
+
+    With ``strided=True`` each conv has stride 2 (the MAML Omniglot network); otherwise stride 1
+    followed by 2x2 max-pooling (the miniImageNet network, 32 filters in the paper).
+
+    Call: ``x [batch, H, W, C] -> logits [batch, num_classes]``. For 28x28x1 inputs and stride 2 the
+    flattened features are 2x2x64 = 256.
+    """
+    inputs = keras.Input(tuple(input_shape))
+    x = inputs
+    for _ in range(4):
+        x = keras.layers.Conv2D(filters, 3, strides=2 if strided else 1, padding="same")(x)
+        if batch_norm:
+            x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+        if not strided:
+            x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(num_classes)(x)
+    return keras.Model(inputs, outputs, name="conv4")
+
+
+def mlp(input_dim: int, output_dim: int, *, hidden=(40, 40)) -> keras.Model:
+    """The MAML sinusoid network: ``x [batch, input_dim] -> [batch, output_dim]``, ReLU hidden layers."""
+    inputs = keras.Input((input_dim,))
+    x = inputs
+    for width in hidden:
+        x = keras.layers.Dense(int(width), activation="relu")(x)
+    outputs = keras.layers.Dense(output_dim)(x)
+    return keras.Model(inputs, outputs, name="mlp")

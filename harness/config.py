@@ -1,0 +1,246 @@
+"""Run configs: TOML files, ``--set`` overrides, validation before anything runs, and the config hash.
+
+A config has top-level keys ``name``, ``seed`` and ``backend`` and the tables below. The
+``[dataset]``, ``[model]`` and ``[algorithm]`` tables take a ``name`` plus the options that component
+registers (``metabench list`` shows them); the other tables are fixed::
+
+    seed = 0
+    [dataset]      name = "omniglot", image_size = 28, split_scheme = "maml"
+    [model]        name = "conv4", filters = 64
+    [algorithm]    name = "maml", inner_lr = 0.4, inner_steps = 1
+    [train]        split, ways, shots, queries, rotations, meta_iterations, meta_batch_size, meta_lr, ...
+    [evaluation]   split, episodes, seed, shots (one or a list), inner_steps (list), headline_steps, ...
+    [engine]       xla, deterministic, parallel_tasks
+
+Every key is checked: an unknown key or a value of the wrong type is an error naming the key and
+what is allowed, raised before any data is read or any training starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+from metabench.harness.registry import ALGORITHMS, DATASETS, MODELS, Registry
+
+TOP_LEVEL = {"name": "", "seed": 0, "backend": "tensorflow"}
+TOP_LEVEL_CHOICES = {"backend": ["tensorflow", "jax"]}
+
+FIXED_TABLES = {
+    "train": {
+        "split": "train",
+        "ways": 0,  # 0: regression (no classes)
+        "shots": 1,
+        "queries": 15,
+        "rotations": "none",
+        "meta_iterations": 1000,
+        "meta_batch_size": 32,
+        "meta_lr": 0.001,
+        "clip_meta_grad": 0.0,  # 0: no clipping; else clip each meta-gradient value to [-c, c]
+        "log_every": 50,
+    },
+    "evaluation": {
+        "split": "test",
+        "episodes": 600,
+        "seed": 1,
+        "ways": 0,  # 0: the training ways
+        "shots": [0],  # 0: the training shots
+        "queries": 0,  # 0: the training queries
+        "rotations": "",  # "": the training rotations
+        "inner_steps": [0, 1],
+        "headline_steps": -1,  # -1: the largest of inner_steps
+        "batch_size": 50,
+    },
+    "engine": {"xla": False, "deterministic": False, "parallel_tasks": 1},
+}
+FIXED_CHOICES = {
+    "train": {"rotations": ["none", "per_task", "classes"]},
+    "evaluation": {"rotations": ["", "none", "per_task", "classes"]},
+}
+COMPONENT_TABLES: dict[str, Registry] = {"dataset": DATASETS, "model": MODELS, "algorithm": ALGORITHMS}
+#: keys that change how a run is shown, not what it computes; left out of the config hash
+NOT_HASHED = {("name",), ("train", "log_every")}
+SHIPPED_CONFIGS = "metabench.harness.configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run: malformed TOML, an unknown key, a wrong type or value."""
+
+
+def shipped_configs() -> dict[str, str]:
+    """Shipped config names -> their first comment line."""
+    found = {}
+    for item in sorted(resources.files(SHIPPED_CONFIGS).iterdir(), key=lambda p: p.name):
+        if item.name.endswith(".toml"):
+            first = item.read_text().splitlines()[0] if item.read_text() else ""
+            found[item.name[:-5]] = first.lstrip("# ").strip()
+    return found
+
+
+def read_config_text(source: str) -> tuple[str, str]:
+    """The TOML text of ``source``: a file path, or the name of a shipped config. Returns (text, origin)."""
+    path = Path(source)
+    if path.is_file():
+        return path.read_text(), str(path)
+    if path.suffix == "" and source in shipped_configs():
+        return resources.files(SHIPPED_CONFIGS).joinpath(f"{source}.toml").read_text(), f"shipped config {source!r}"
+    if path.exists():
+        raise ConfigError(f"Config {source!r} is not a file.")
+    raise ConfigError(
+        f"No config file {source!r} and no shipped config of that name. Shipped configs: "
+        f"{sorted(shipped_configs())} (see `metabench list`)."
+    )
+
+
+def load_config(source: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Read, override and validate a config; returns the resolved config with every default filled in."""
+    text, origin = read_config_text(source)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"Malformed TOML in {origin}: {error}. Fix the file's syntax.") from error
+    for override in overrides:
+        apply_override(raw, override)
+    return resolve_config(raw, origin)
+
+
+def parse_value(text: str):
+    """A ``--set`` value as TOML (``3``, ``0.4``, ``true``, ``[1, 2]``, ``"x"``), else the bare string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Apply ``section.key=value`` (or ``key=value`` at top level) to ``raw`` in place."""
+    if "=" not in override:
+        raise ConfigError(f"Received --set {override!r}; expected KEY=VALUE, e.g. --set algorithm.inner_lr=0.1.")
+    key, text = override.split("=", 1)
+    parts = [p.strip() for p in key.strip().split(".")]
+    if not all(parts) or len(parts) > 2:
+        raise ConfigError(f"Received --set {override!r}; keys are 'key' or 'table.key', e.g. train.meta_iterations.")
+    target = raw
+    if len(parts) == 2:
+        target = raw.setdefault(parts[0], {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"Received --set {override!r}, but {parts[0]!r} is not a table in the config.")
+    target[parts[-1]] = parse_value(text.strip())
+
+
+def _check_value(where: str, value, default, choices) -> object:
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is list and not isinstance(value, list):
+        value = [value]
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"Received {where}={value!r} ({type(value).__name__}); expected a {expected.__name__}"
+            + (f" like {default!r}." if default not in ("", None) else ".")
+        )
+    if expected is list and default:
+        item_type = type(default[0])
+        converted = []
+        for item in value:
+            if item_type is float and isinstance(item, int) and not isinstance(item, bool):
+                item = float(item)
+            if not isinstance(item, item_type) or isinstance(item, bool) != isinstance(default[0], bool):
+                raise ConfigError(f"Received {where}={value!r}; expected a list of {item_type.__name__}.")
+            converted.append(item)
+        value = converted
+    if choices is not None and value not in choices:
+        raise ConfigError(f"Received {where}={value!r}; allowed values: {choices}.")
+    return value
+
+
+def _resolve_table(where: str, given: dict, defaults: dict, choices: dict) -> dict:
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, defaults, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"Unknown key {where}{key!r}.{hint} Allowed keys: {sorted(defaults)}.")
+    resolved = {}
+    for key, default in defaults.items():
+        value = given.get(key, copy.deepcopy(default))
+        resolved[key] = _check_value(f"{where}{key}", value, default, choices.get(key))
+    return resolved
+
+
+def resolve_config(raw: dict, origin: str = "config") -> dict:
+    """Validate ``raw`` (a parsed TOML dict) and fill defaults; raises ``ConfigError``."""
+    tables = set(FIXED_TABLES) | set(COMPONENT_TABLES)
+    top_given = {k: v for k, v in raw.items() if k not in tables}
+    resolved = _resolve_table("", top_given, TOP_LEVEL, TOP_LEVEL_CHOICES)
+    for table, defaults in FIXED_TABLES.items():
+        given = raw.get(table, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"In {origin}, {table!r} must be a table ([{table}]).")
+        resolved[table] = _resolve_table(f"{table}.", given, defaults, FIXED_CHOICES.get(table, {}))
+    for table, registry in COMPONENT_TABLES.items():
+        given = dict(raw.get(table, {}))
+        if not isinstance(raw.get(table, {}), dict):
+            raise ConfigError(f"In {origin}, {table!r} must be a table ([{table}]).")
+        if "name" not in given:
+            raise ConfigError(f"{origin} has no {table}.name; choose one of {registry.names()}.")
+        name = given.pop("name")
+        entry = registry.get(name)
+        resolved[table] = {"name": name, **_resolve_table(f"{table}.", given, entry.defaults, entry.choices)}
+    _check_numbers(resolved)
+    return resolved
+
+
+def _check_numbers(config: dict) -> None:
+    train, evaluation = config["train"], config["evaluation"]
+    positive = [
+        ("train.shots", train["shots"]),
+        ("train.queries", train["queries"]),
+        ("train.meta_iterations", train["meta_iterations"]),
+        ("train.meta_batch_size", train["meta_batch_size"]),
+        ("train.log_every", train["log_every"]),
+        ("evaluation.episodes", evaluation["episodes"]),
+        ("evaluation.batch_size", evaluation["batch_size"]),
+    ]
+    for key, value in positive:
+        if value < 1:
+            raise ConfigError(f"Received {key}={value}; expected a positive integer.")
+    for key, value in (("train.ways", train["ways"]), ("evaluation.ways", evaluation["ways"]), ("evaluation.queries", evaluation["queries"])):
+        if value < 0:
+            raise ConfigError(f"Received {key}={value}; expected a positive integer (or 0 for the default).")
+    if not train["meta_lr"] > 0:
+        raise ConfigError(f"Received train.meta_lr={train['meta_lr']}; expected a positive learning rate.")
+    if any(s < 0 for s in evaluation["shots"]) or not evaluation["shots"]:
+        raise ConfigError(f"Received evaluation.shots={evaluation['shots']}; expected positive integers (0: the training shots).")
+    steps = evaluation["inner_steps"]
+    if not steps or any(s < 0 for s in steps):
+        raise ConfigError(f"Received evaluation.inner_steps={steps}; expected a list of inner-step counts >= 0.")
+    headline = evaluation["headline_steps"]
+    if headline != -1 and headline not in steps:
+        raise ConfigError(f"Received evaluation.headline_steps={headline}; it must be one of evaluation.inner_steps={steps}.")
+
+
+def config_hash(config: dict) -> str:
+    """sha256 hex of the canonical JSON of a resolved config, without display-only keys."""
+    hashed = copy.deepcopy(config)
+    for path in NOT_HASHED:
+        node = hashed
+        for part in path[:-1]:
+            node = node.get(part, {})
+        node.pop(path[-1], None)
+    return hashlib.sha256(json.dumps(hashed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def dump_toml(config: dict) -> str:
+    """A resolved config as TOML text (what `metabench run --print-config` shows)."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in config.items() if not isinstance(v, dict)]
+    for table, values in config.items():
+        if isinstance(values, dict):
+            lines.append(f"\n[{table}]")
+            lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items())
+    return "\n".join(lines) + "\n"

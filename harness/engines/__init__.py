@@ -1,0 +1,45 @@
+"""Engines, one module per backend; ``get_engine`` is the one place that picks one.
+
+Keras reads its backend once, at import time, from ``KERAS_BACKEND``; ``select_backend`` sets it
+before anything imports Keras, and ``get_engine`` refuses a backend Keras is not running.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from metabench.harness.engines.base import Engine, EngineError
+
+BACKENDS = ("tensorflow", "jax")
+
+
+def select_backend(name: str) -> None:
+    """Make ``name`` the Keras backend of this process; call before Keras is first imported."""
+    if name not in BACKENDS:
+        raise EngineError(f"Received backend={name!r}; expected one of {list(BACKENDS)}.")
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != name:
+            raise EngineError(
+                f"Keras was already imported with backend {keras.backend.backend()!r}; cannot switch to "
+                f"{name!r} in the same process. Set KERAS_BACKEND={name} before starting Python."
+            )
+        return
+    os.environ["KERAS_BACKEND"] = name
+
+
+def get_engine(name: str, **options) -> Engine:
+    """The engine for backend ``name`` (``"tensorflow"``; ``"jax"`` when installed)."""
+    select_backend(name)
+    if name == "tensorflow":
+        from metabench.harness.engines.tensorflow import TensorFlowEngine
+
+        return TensorFlowEngine(**options)
+    raise EngineError(
+        f"Received backend={name!r}, but no engine for it ships in this version. Available: ['tensorflow']."
+    )
+
+
+__all__ = ["BACKENDS", "Engine", "EngineError", "get_engine", "select_backend"]

@@ -1,0 +1,70 @@
+"""The engine seam: everything backend-specific that an algorithm needs, and nothing more.
+
+Algorithms are written with ``keras.ops`` and ``model.stateless_call``. They ask the engine for
+gradients (``value_and_grad``, nestable, so second-order MAML is a gradient of a gradient) and the
+runner asks it for compiled steps: a meta-training step that maps a task loss over the tasks of a
+meta-batch, averages the per-task meta-gradients and applies the outer optimizer, and an evaluation
+step that maps a per-task evaluation function over a batch of episodes.
+
+A complete engine (the JAX one is this, with ``jax.value_and_grad``, ``jax.jit`` and ``jax.vmap``)::
+
+    class MyEngine(Engine):
+        name = "mybackend"
+        def value_and_grad(self, fn): ...
+        def make_meta_trainer(self, task_loss, variables, optimizer): ...
+        def make_evaluator(self, task_eval, variables): ...
+
+Shapes: a batch is a dict of arrays with a leading task axis ``T`` (see ``harness.episodes``); a
+task is the same dict without that axis. ``params`` is a list of tensors aligned with
+``variables``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Callable
+
+TaskLoss = Callable  # (params: list[Tensor], task: dict) -> (loss: scalar Tensor, metrics: dict[str, scalar Tensor])
+TaskEval = Callable  # (params: list[Tensor], task: dict) -> dict[str, Tensor]
+
+
+class Engine(abc.ABC):
+    """Base class of backends. Subclasses set ``name`` and the capability flags."""
+
+    name: str = ""
+    #: whether the tasks of a meta-batch run vectorized (vmap) rather than in a loop
+    VECTORIZED_TASKS: bool = False
+    #: whether ``xla=True`` is accepted
+    SUPPORTS_XLA: bool = False
+    #: whether op determinism can be switched on (bit-for-bit repeatable runs on CPU)
+    SUPPORTS_DETERMINISM: bool = False
+
+    @abc.abstractmethod
+    def value_and_grad(self, fn: Callable) -> Callable:
+        """``fn(params, *args) -> (loss, aux)`` becomes ``g(params, *args) -> ((loss, aux), grads)``.
+
+        ``grads`` is a list aligned with ``params`` (zeros where ``loss`` does not depend on a
+        parameter). The result is itself differentiable with respect to ``params``; wrap it in
+        ``keras.ops.stop_gradient`` for first-order methods.
+        """
+
+    @abc.abstractmethod
+    def make_meta_trainer(self, task_loss: TaskLoss, variables: list, optimizer) -> Callable:
+        """A compiled ``step(batch) -> dict[str, float]``.
+
+        One step: for each task in ``batch``, ``task_loss(params, task)`` and its gradient with
+        respect to ``params`` (the current values of ``variables``); average losses, metrics and
+        gradients over the tasks; apply ``optimizer`` to ``variables``. Returns the mean ``loss``
+        and metrics as Python floats.
+        """
+
+    @abc.abstractmethod
+    def make_evaluator(self, task_eval: TaskEval, variables: list) -> Callable:
+        """A compiled ``evaluate(batch) -> dict[str, numpy array [T, ...]]`` mapping ``task_eval`` over tasks."""
+
+    def describe_device(self) -> str:
+        return "CPU"
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot run here: its backend is not installed or Keras runs another backend."""

@@ -1,0 +1,169 @@
+"""Name -> factory registries for algorithms, datasets and models.
+
+Filled explicitly by our own modules below and by other packages through the entry-point groups
+``metabench.algorithms``, ``metabench.datasets`` and ``metabench.models``. An entry point names a
+class or function; its configurable options are the keyword arguments it declares in
+``config_defaults`` (a dict of option -> default value), optionally with ``config_choices``
+(option -> allowed values). Example, in a plugin's ``pyproject.toml``::
+
+    [project.entry-points."metabench.algorithms"]
+    my_maml = "my_package.algo:MyMAML"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.metadata
+import logging
+from typing import Any, Callable
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryError(KeyError):
+    """An unknown name; the message lists what is registered and the closest match."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A registered component.
+
+    Attributes:
+        name: the name configs use.
+        factory: ``factory(**options)`` builds it; datasets also receive ``data_dir`` and ``cache_dir``.
+        defaults: option -> default value; the value's type is the option's type.
+        choices: option -> allowed values.
+        summary: one line for ``metabench list``.
+        source: ``"metabench"`` or the distribution that registered it.
+    """
+
+    name: str
+    factory: Callable
+    defaults: dict
+    choices: dict
+    summary: str = ""
+    source: str = "metabench"
+
+
+class Registry:
+    """Registered components of one kind, looked up by name with a "did you mean" on a miss."""
+
+    def __init__(self, kind: str, group: str, builtins: Callable[["Registry"], None]):
+        self.kind = kind
+        self.group = group
+        self._builtins = builtins
+        self._entries: dict[str, Entry] | None = None
+
+    def register(self, name, factory, defaults=None, choices=None, summary="", source="metabench") -> None:
+        entries = self._entries if self._entries is not None else {}
+        if name in entries:
+            raise ValueError(f"A {self.kind} named {name!r} is already registered (by {entries[name].source}).")
+        entries[name] = Entry(name, factory, dict(defaults or {}), dict(choices or {}), summary, source)
+        self._entries = entries
+
+    def _load(self) -> dict[str, Entry]:
+        if self._entries is None:
+            self._entries = {}
+            self._builtins(self)
+            for point in importlib.metadata.entry_points(group=self.group):
+                try:
+                    factory = point.load()
+                except Exception as error:  # a broken plugin must not break the harness
+                    logger.warning("Skipping %s plugin %r: cannot load %s (%s)", self.kind, point.name, point.value, error)
+                    continue
+                source = point.dist.name if point.dist else point.value
+                self.register(
+                    point.name,
+                    factory,
+                    getattr(factory, "config_defaults", {}),
+                    getattr(factory, "config_choices", {}),
+                    (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else "",
+                    source,
+                )
+        return self._entries
+
+    def names(self) -> list[str]:
+        return sorted(self._load())
+
+    def get(self, name: str) -> Entry:
+        entries = self._load()
+        if name not in entries:
+            close = difflib.get_close_matches(str(name), entries, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise RegistryError(f"Unknown {self.kind} {name!r}.{hint} Registered: {sorted(entries)}.")
+        return entries[name]
+
+    def entries(self) -> list[Entry]:
+        return [self._load()[name] for name in self.names()]
+
+
+def _builtin_algorithms(registry: Registry) -> None:
+    from metabench.algorithms.maml import MAML
+
+    def maml(eval_inner_lr=0.0, **options):
+        return MAML(eval_inner_lr=eval_inner_lr or None, **options)
+
+    registry.register(
+        "maml",
+        maml,
+        {"inner_lr": 0.01, "inner_steps": 1, "eval_inner_lr": 0.0, "first_order": False, "batch_norm": "transductive"},
+        {"batch_norm": ["transductive"]},
+        "MAML (Finn et al. 2017), second order; first_order=true gives FOMAML. eval_inner_lr=0 means inner_lr.",
+    )
+
+
+def _builtin_datasets(registry: Registry) -> None:
+    from metabench.datasets.miniimagenet import MiniImageNet
+    from metabench.datasets.omniglot import Omniglot
+    from metabench.datasets.sinusoid import Sinusoid
+
+    registry.register(
+        "sinusoid",
+        lambda data_dir=None, cache_dir=None, **options: Sinusoid(**options),
+        {"amplitude": [0.1, 5.0], "phase": [0.0, 3.141592653589793], "input_range": [-5.0, 5.0]},
+        {},
+        "Sinusoid regression, y = A sin(x - phase) (MAML paper); no data needed.",
+    )
+    registry.register(
+        "omniglot",
+        lambda data_dir=None, cache_dir=None, **options: Omniglot(data_dir, cache_dir=cache_dir, **options),
+        {"image_size": 28, "split_scheme": "maml"},
+        {"split_scheme": ["maml", "official", "vinyals"]},
+        "Omniglot characters (Lake et al. 2015) from the official zips in DATA_DIR/omniglot/.",
+    )
+    registry.register(
+        "miniimagenet",
+        lambda data_dir=None, cache_dir=None, **options: MiniImageNet(data_dir, cache_dir=cache_dir, **options),
+        {"image_size": 84},
+        {},
+        "miniImageNet, Ravi & Larochelle split, from DATA_DIR/miniimagenet/{splits/ravi,images}/.",
+    )
+
+
+def _builtin_models(registry: Registry) -> None:
+    from metabench.algorithms.models import conv4, mlp
+
+    registry.register(
+        "mlp",
+        lambda input_shape, outputs, **options: mlp(input_shape[-1], outputs, **options),
+        {"hidden": [40, 40]},
+        {},
+        "ReLU MLP (the MAML sinusoid network: 40-40).",
+    )
+    registry.register(
+        "conv4",
+        lambda input_shape, outputs, **options: conv4(input_shape, outputs, **options),
+        {"filters": 64, "strided": True, "batch_norm": True},
+        {},
+        "Four 3x3 conv blocks with batch norm and ReLU, then linear (MAML's Omniglot/miniImageNet network).",
+    )
+
+
+ALGORITHMS = Registry("algorithm", "metabench.algorithms", _builtin_algorithms)
+DATASETS = Registry("dataset", "metabench.datasets", _builtin_datasets)
+MODELS = Registry("model", "metabench.models", _builtin_models)
+

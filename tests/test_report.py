@@ -1,0 +1,227 @@
+"""The leaderboard: sections per setting, ordering, the CI column and convention, seeds combined
+per episode, classification and regression side by side, and only completed runs."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metabench.harness.report import LEADERBOARD_COLUMNS, write_leaderboard
+from metabench.harness.results import CurvePoint, Evaluation, RunInfo
+from metabench.harness.store import ResultsStore
+
+F1, F2, FS = "f1" * 32, "f2" * 32, "5e" * 32
+
+
+def _info(algorithm: str, dataset: str, seed: int = 0) -> RunInfo:
+    return RunInfo(algorithm, dataset, seed, {"seed": seed}, f"{seed:064x}", "jax", "CPU", {"keras": "3.5.0"})
+
+
+def _accuracy(values, headline=5, ways=5, shots=1, fingerprint=F1, notes=None) -> Evaluation:
+    return Evaluation(
+        "test", ways, shots, 15, fingerprint, "accuracy", headline,
+        {0: np.full(len(values), 0.2), headline: np.asarray(values, dtype=float)}, notes or {},
+    )  # fmt: skip
+
+
+def _mse(values) -> Evaluation:
+    return Evaluation("test", None, 5, 10, FS, "mse", 10, {1: np.full(len(values), 9.0), 10: np.asarray(values)})
+
+
+def _add(store: ResultsStore, algorithm: str, dataset: str, evaluation: Evaluation, seed: int = 0) -> str:
+    run_id = store.start_run(_info(algorithm, dataset, seed))
+    store.complete_run(run_id, [evaluation], [CurvePoint(1, 1.0, 0.5, 0.1)], {"total_s": 1.0})
+    return run_id
+
+
+def _add_unfinished(store: ResultsStore, algorithm: str, status: str) -> None:
+    """A run that did not complete but has (near-perfect) result rows, written behind the API's back."""
+    run_id = store.start_run(_info(algorithm, "omniglot"))
+    if status != "running":
+        store.fail_run(run_id, status, "did not finish")
+    with sqlite3.connect(store.path) as conn:
+        eval_id = conn.execute(
+            "INSERT INTO evaluations (run_id, split, ways, shots, queries, fingerprint, metric, "
+            "headline_steps, notes_json) VALUES (?, 'test', 5, 1, 15, ?, 'accuracy', 5, '{}')",
+            (run_id, F1),
+        ).lastrowid
+        conn.executemany("INSERT INTO episode_metrics VALUES (?, 5, ?, 1.0)", [(eval_id, e) for e in range(4)])
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ResultsStore(tmp_path / "results.sqlite") as opened:
+        # omniglot 5-way 1-shot on episode set F1: maml with two seeds, maml++ and a baseline
+        _add(opened, "maml", "omniglot", _accuracy([1.0, 1.0, 0.5, 0.5]), seed=0)
+        _add(opened, "maml", "omniglot", _accuracy([0.0, 1.0, 0.5, 1.0]), seed=1)
+        _add(opened, "maml++", "omniglot", _accuracy([0.75] * 4, notes={"batch_norm": "transductive"}))
+        _add(opened, "baseline|ft", "omniglot", _accuracy([0.5] * 4, headline=100))
+        # ... and maml on another episode set of the same setting: its own row
+        _add(opened, "maml", "omniglot", _accuracy([0.25] * 4, fingerprint=F2), seed=2)
+        # other settings; 20-way must sort after 5-way
+        _add(opened, "maml", "omniglot", _accuracy([0.8] * 4, ways=20))
+        _add(opened, "maml", "omniglot", _accuracy([0.9] * 4, shots=5))
+        # regression: lower MSE is better
+        _add(opened, "pretrain", "sinusoid", _mse([2.0] * 4))
+        _add(opened, "maml", "sinusoid", _mse([0.5, 0.6, 0.4, 0.5]))
+        for algorithm, status in (("crashed", "failed"), ("stopped", "interrupted"), ("ongoing", "running")):
+            _add_unfinished(opened, algorithm, status)
+        yield opened
+
+
+def _sections(markdown: str) -> dict[str, list[dict[str, str]]]:
+    """Heading -> table rows as {column: cell}; cells split on unescaped pipes."""
+    sections, heading, header = {}, None, None
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            heading, header = line, None
+            sections[heading] = []
+        elif line.startswith("|") and heading:
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            if header is None:
+                header = cells
+            elif not set(line) <= set("|-: "):
+                assert len(cells) == len(header), line
+                sections[heading].append(dict(zip(header, cells)))
+    return sections
+
+
+def test_writes_markdown_and_csv(store, tmp_path):
+    paths = write_leaderboard(store, tmp_path / "out" / "reports")
+    assert paths == [tmp_path / "out" / "reports" / "leaderboard.md", tmp_path / "out" / "reports" / "leaderboard.csv"]
+    assert all(p.is_file() for p in paths)
+
+
+def test_one_section_per_setting_in_setting_order(store, tmp_path):
+    markdown = write_leaderboard(store, tmp_path)[0].read_text()
+    assert list(_sections(markdown)) == [
+        "## omniglot 5-way 1-shot (test split, 15 queries)",
+        "## omniglot 5-way 5-shot (test split, 15 queries)",
+        "## omniglot 20-way 1-shot (test split, 15 queries)",
+        "## sinusoid 5-shot (test split, 10 queries)",
+    ]
+
+
+def test_markdown_header_and_ci_convention(store, tmp_path):
+    markdown = write_leaderboard(store, tmp_path)[0].read_text()
+    assert markdown.startswith("# metabench leaderboard")
+    assert re.search(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC from results store `.*results\.sqlite`", markdown)
+    assert "9 completed run(s) (excluded: 1 failed, 1 interrupted, 1 running)" in markdown
+    assert "each episode's value is first averaged across the runs" in markdown
+    convention = [line for line in markdown.splitlines() if line.startswith("ci95 = 1.96 · s / √n")]
+    assert len(convention) == 4  # one line under each table
+    assert "ddof=0" in convention[0]
+    for rows in _sections(markdown).values():
+        assert {"mean", "ci95", "inner steps", "episodes", "seeds", "runs", "fingerprint", "notes"} <= set(rows[0])
+
+
+def test_rows_best_first_with_seeds_averaged_per_episode(store, tmp_path):
+    sections = _sections(write_leaderboard(store, tmp_path)[0].read_text())
+    rows = sections["## omniglot 5-way 1-shot (test split, 15 queries)"]
+    assert [(r["algorithm"], r["mean"]) for r in rows] == [
+        ("maml++", "75.00"),
+        ("maml", "68.75"),
+        ("baseline\\|ft", "50.00"),
+        ("maml", "25.00"),
+    ]
+    maml = rows[1]
+    # per-episode means over the two seeds: [0.5, 1.0, 0.5, 0.75]; mean 0.6875, std0 0.2072890,
+    # ci95 = 1.96 * 0.2072890 / 2 = 0.2031433 -> 20.31 percentage points
+    assert maml["ci95"] == "20.31"
+    assert (maml["seeds"], maml["runs"], maml["episodes"], maml["inner steps"]) == ("2", "2", "4", "5")
+    assert (maml["dataset"], maml["ways"], maml["shots"], maml["queries"]) == ("omniglot", "5", "1", "15")
+    assert maml["metric"] == "accuracy (%)"
+    assert maml["fingerprint"] == F1[:12]
+    assert rows[3]["fingerprint"] == F2[:12] and rows[3]["seeds"] == "1"
+    assert rows[0]["notes"] == "batch_norm: transductive"
+    assert rows[2]["inner steps"] == "100"
+
+
+def test_regression_rows_lowest_mse_first_with_four_significant_digits(store, tmp_path):
+    sections = _sections(write_leaderboard(store, tmp_path)[0].read_text())
+    rows = sections["## sinusoid 5-shot (test split, 10 queries)"]
+    # maml: mean 0.5, std0 sqrt(0.005) = 0.0707107, ci95 = 1.96 * 0.0707107 / 2 = 0.0692965
+    assert [(r["algorithm"], r["metric"], r["mean"], r["ci95"]) for r in rows] == [
+        ("maml", "mse", "0.5000", "0.06930"),
+        ("pretrain", "mse", "2.000", "0.000"),
+    ]
+    assert {r["ways"] for r in rows} == {"-"}
+    assert {r["inner steps"] for r in rows} == {"10"}
+
+
+def test_unfinished_runs_never_appear(store, tmp_path):
+    md_path, csv_path = write_leaderboard(store, tmp_path)
+    markdown, csv = md_path.read_text(), csv_path.read_text()
+    for algorithm in ("crashed", "stopped", "ongoing"):
+        assert algorithm not in markdown and algorithm not in csv
+    top = _sections(markdown)["## omniglot 5-way 1-shot (test split, 15 queries)"][0]
+    assert top["algorithm"] == "maml++"  # the unfinished runs' perfect scores are not counted
+
+
+def test_csv_keeps_raw_numbers_and_full_fingerprints(store, tmp_path):
+    table = pd.read_csv(write_leaderboard(store, tmp_path)[1])
+    assert tuple(table.columns) == LEADERBOARD_COLUMNS
+    assert len(table) == 8
+    maml = table[(table["algorithm"] == "maml") & (table["fingerprint"] == F1)].iloc[0]
+    assert maml["mean"] == pytest.approx(0.6875)
+    assert maml["ci95"] == pytest.approx(0.2031433, abs=1e-7)
+    assert maml["mean_percent"] == pytest.approx(68.75)
+    assert maml["ci95_percent"] == pytest.approx(20.31433, abs=1e-5)
+    assert (maml["seeds"], maml["runs"], maml["episodes"], maml["inner_steps"]) == (2, 2, 4, 5)
+    assert "baseline|ft" in set(table["algorithm"])
+    sinusoid = table[table["dataset"] == "sinusoid"]
+    assert list(sinusoid["algorithm"]) == ["maml", "pretrain"]
+    assert sinusoid["ways"].isna().all() and sinusoid["mean_percent"].isna().all()
+    assert sinusoid["ci95"].iloc[0] == pytest.approx(0.0692965, abs=1e-7)
+
+
+def test_pipes_in_user_strings_are_escaped_in_markdown_only(tmp_path):
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        _add(store, "a|b", "omni|glot", _accuracy([0.5, 1.0], notes={"mode": "x|y"}))
+        md_path, csv_path = write_leaderboard(store, tmp_path)
+    markdown = md_path.read_text()
+    assert "## omni\\|glot 5-way 1-shot" in markdown
+    row = _sections(markdown)["## omni\\|glot 5-way 1-shot (test split, 15 queries)"][0]
+    assert (row["algorithm"], row["dataset"], row["notes"]) == ("a\\|b", "omni\\|glot", "mode: x\\|y")
+    assert pd.read_csv(csv_path)["algorithm"].iloc[0] == "a|b"
+
+
+def test_non_finite_episode_values_give_nan_and_a_note_not_a_crash(tmp_path):
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        _add(store, "diverged", "sinusoid", _mse([0.5, np.nan, np.inf]))
+        md_path, csv_path = write_leaderboard(store, tmp_path)
+    row = _sections(md_path.read_text())["## sinusoid 5-shot (test split, 10 queries)"][0]
+    assert (row["mean"], row["ci95"]) == ("nan", "nan")
+    assert "2 of 3 episode values are NaN or infinite" in row["notes"]
+    assert np.isnan(pd.read_csv(csv_path)["mean"].iloc[0])
+
+
+@pytest.mark.parametrize("unfinished", [False, True])
+def test_a_store_without_completed_runs_says_so(tmp_path, unfinished):
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        if unfinished:
+            _add_unfinished(store, "crashed", "failed")
+        md_path, csv_path = write_leaderboard(store, tmp_path / "out")
+    markdown = md_path.read_text()
+    assert "No completed runs" in markdown
+    assert "## " not in markdown
+    assert "crashed" not in markdown
+    table = pd.read_csv(csv_path)
+    assert tuple(table.columns) == LEADERBOARD_COLUMNS and table.empty
+
+
+def test_runs_covering_different_episodes_use_the_shared_ones_and_say_so(tmp_path, caplog):
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        _add(store, "maml", "omniglot", _accuracy([1.0, 0.5, 0.5, 0.0]), seed=0)
+        _add(store, "maml", "omniglot", _accuracy([0.0, 0.5, 0.5]), seed=1)  # same fingerprint, one fewer
+        with caplog.at_level("WARNING", logger="metabench.harness.report"):
+            md_path, csv_path = write_leaderboard(store, tmp_path)
+    row = pd.read_csv(csv_path).iloc[0]
+    assert (row["episodes"], row["seeds"]) == (3, 2)
+    assert row["mean"] == pytest.approx(0.5)  # per-episode means [0.5, 0.5, 0.5]
+    assert "runs cover different episodes; 3 shared of 4" in row["notes"]
+    assert "cover different episodes" in caplog.text
