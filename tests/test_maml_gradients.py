@@ -12,10 +12,12 @@ from metabench.harness.engines import get_engine
 
 @pytest.fixture
 def float64():
-    previous = keras.config.floatx()
+    previous, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
     keras.config.set_floatx(previous)
+    keras.config.set_dtype_policy(previous_policy)
 
 
 def _task(rng):
