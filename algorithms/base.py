@@ -1,21 +1,24 @@
 """The contract every algorithm meets, ours or a plugin's.
 
-An algorithm is a Keras model plus two pure functions of ``(params, task)``: ``task_loss`` (the
-outer loss of one meta-training task) and ``task_eval`` (adapt on the support set, score the query
-set after each inner step). It never imports a backend: gradients come from the engine it is bound
-to, and the runner compiles and maps the two functions over the tasks of a batch.
+An algorithm is a Keras model plus two pure functions of ``(params, state, task)``: ``task_loss``
+(the outer loss of one meta-training task) and ``task_eval`` (adapt on the support set, score the
+query set after each inner step). ``params`` are the values of ``meta_variables()`` (what the outer
+optimizer learns); ``state`` the values of ``state_variables()`` (what a step overwrites with the
+task-mean of the new values ``task_loss`` returns, e.g. running batch-norm statistics; usually
+empty). It never imports a backend: gradients come from the engine it is bound to, and the runner
+compiles and maps the two functions over the tasks of a batch.
 
 A complete subclass (first-order "adapt the head only" would be a few lines more)::
 
     class NoAdaptation(Algorithm):
         name = "no_adaptation"
 
-        def task_loss(self, params, task):
+        def task_loss(self, params, state, task):
             predictions = self.apply(params, task["query_x"])
-            return self.objective.loss(predictions, task["query_y"]), {
-                self.objective.metric_name: self.objective.metric(predictions, task["query_y"])}
+            metrics = {self.objective.metric_name: self.objective.metric(predictions, task["query_y"])}
+            return self.objective.loss(predictions, task["query_y"]), (metrics, state)
 
-        def task_eval(self, params, task, max_steps):
+        def task_eval(self, params, state, task, max_steps):
             predictions = self.apply(params, task["query_x"])
             metric = self.objective.metric(predictions, task["query_y"])
             return {"metric": keras.ops.repeat(metric[None], max_steps + 1)}
@@ -84,7 +87,7 @@ class Algorithm:
             raise ValueError(f"Received task_kind={task_kind!r}; expected one of {list(OBJECTIVES)}.")
         for method in ("task_loss", "task_eval"):
             if getattr(type(self), method) is getattr(Algorithm, method):
-                raise TypeError(f"{type(self).__name__} must implement {method}(params, task, ...).")
+                raise TypeError(f"{type(self).__name__} must implement {method}(params, state, task, ...).")
         self.model = model
         self.objective = OBJECTIVES[task_kind]
         self.engine = engine
@@ -94,17 +97,21 @@ class Algorithm:
         """The variables the outer optimizer updates; ``params`` lists their values in this order."""
         return list(self.model.trainable_variables)
 
+    def state_variables(self) -> list:
+        """Variables a meta-training step overwrites with the task-mean of ``task_loss``'s new state."""
+        return []
+
     def apply(self, params, x, training: bool = True):
         """The model's output for ``x`` with weights ``params`` (batch-norm on batch statistics when training)."""
         non_trainable = [v.value for v in self.model.non_trainable_variables]
         outputs, _ = self.model.stateless_call(params, non_trainable, x, training=training)
         return outputs
 
-    def task_loss(self, params, task):
-        """Outer loss of one task: ``(scalar loss, {metric name: scalar})``, differentiable in ``params``."""
+    def task_loss(self, params, state, task):
+        """Outer loss of one task: ``(scalar loss, ({metric name: scalar}, new_state))``, differentiable in ``params``."""
         raise NotImplementedError
 
-    def task_eval(self, params, task, max_steps: int):
+    def task_eval(self, params, state, task, max_steps: int):
         """Adapt on the support set and score the query set after 0..max_steps inner steps.
 
         Returns ``{"metric": [max_steps + 1], "loss": [max_steps + 1]}`` (accuracy as a fraction or MSE).

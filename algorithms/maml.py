@@ -28,7 +28,7 @@ class MAML(Algorithm):
 
     Example:
         >>> maml = MAML(inner_lr=0.4, inner_steps=1).build(model, "classification", engine)
-        >>> loss, metrics = maml.task_loss([v.value for v in maml.meta_variables()], task)
+        >>> loss, (metrics, _) = maml.task_loss([v.value for v in maml.meta_variables()], [], task)
     """
 
     name = "maml"
@@ -59,15 +59,15 @@ class MAML(Algorithm):
             grads = [ops.stop_gradient(g) for g in grads]
         return [p - lr * g for p, g in zip(params, grads)]
 
-    def task_loss(self, params, task):
+    def task_loss(self, params, state, task):
         fast = params
         for _ in range(int(self.inner_steps)):
             fast = self._inner_step(fast, task, self.inner_lr, self.first_order)
         predictions = self.apply(fast, task["query_x"])
         loss = self.objective.loss(predictions, task["query_y"])
-        return loss, {self.objective.metric_name: self.objective.metric(predictions, task["query_y"])}
+        return loss, ({self.objective.metric_name: self.objective.metric(predictions, task["query_y"])}, state)
 
-    def task_eval(self, params, task, max_steps):
+    def task_eval(self, params, state, task, max_steps):
         lr = self.inner_lr if self.eval_inner_lr is None else self.eval_inner_lr
         fast = [ops.stop_gradient(p) for p in params]
         metrics, losses = [], []

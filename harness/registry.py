@@ -16,7 +16,7 @@ import dataclasses
 import difflib
 import importlib.metadata
 import logging
-from typing import Any, Callable
+from typing import Callable
 
 logger = logging.getLogger(__name__)
 

@@ -130,10 +130,12 @@ def run(config: dict, *, store, data_dir=None, cache_dir=None, show_progress: bo
 
     clip = config["train"]["clip_meta_grad"]
     optimizer = keras.optimizers.Adam(config["train"]["meta_lr"], clipvalue=clip or None)
-    variables = algorithm.meta_variables()
-    trainer = engine.make_meta_trainer(algorithm.task_loss, variables, optimizer)
+    variables, state_variables = algorithm.meta_variables(), algorithm.state_variables()
+    trainer = engine.make_meta_trainer(algorithm.task_loss, variables, optimizer, state_variables)
     max_steps = max(config["evaluation"]["inner_steps"])
-    evaluator = engine.make_evaluator(lambda params, task: algorithm.task_eval(params, task, max_steps), variables)
+    evaluator = engine.make_evaluator(
+        lambda params, state, task: algorithm.task_eval(params, state, task, max_steps), variables, state_variables
+    )
 
     info = RunInfo(
         algorithm=config["algorithm"]["name"],

@@ -37,11 +37,11 @@ def _meta_gradient_and_fd(first_order, inner_steps=2):
     maml.build(mlp(1, 1, hidden=[8, 8]), "regression", engine)
     params = [np.asarray(v.value, dtype=np.float64) for v in maml.meta_variables()]
     task = {k: keras.ops.convert_to_tensor(v) for k, v in _task(np.random.default_rng(0)).items()}
-    (_, _), grads = engine.value_and_grad(maml.task_loss)([keras.ops.convert_to_tensor(p) for p in params], task)
+    (_, _), grads = engine.value_and_grad(maml.task_loss)([keras.ops.convert_to_tensor(p) for p in params], [], task)
     grads = [np.asarray(g) for g in grads]
 
     def loss_at(point):
-        value, _ = maml.task_loss([keras.ops.convert_to_tensor(p) for p in point], task)
+        value, _ = maml.task_loss([keras.ops.convert_to_tensor(p) for p in point], [], task)
         return float(value)
 
     rng = np.random.default_rng(1)

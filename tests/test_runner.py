@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from metabench.harness.cli import main

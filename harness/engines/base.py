@@ -11,12 +11,14 @@ A complete engine (the JAX one is this, with ``jax.value_and_grad``, ``jax.jit``
     class MyEngine(Engine):
         name = "mybackend"
         def value_and_grad(self, fn): ...
-        def make_meta_trainer(self, task_loss, variables, optimizer): ...
-        def make_evaluator(self, task_eval, variables): ...
+        def make_meta_trainer(self, task_loss, variables, optimizer, state_variables=()): ...
+        def make_evaluator(self, task_eval, variables, state_variables=()): ...
 
 Shapes: a batch is a dict of arrays with a leading task axis ``T`` (see ``harness.episodes``); a
 task is the same dict without that axis. ``params`` is a list of tensors aligned with
-``variables``.
+``variables`` (what the outer optimizer updates); ``state`` is a list aligned with
+``state_variables`` (what the step overwrites with the task-mean of the new values a task loss
+returns, such as running batch-norm statistics; empty for most algorithms).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from __future__ import annotations
 import abc
 from typing import Callable
 
-TaskLoss = Callable  # (params: list[Tensor], task: dict) -> (loss: scalar Tensor, metrics: dict[str, scalar Tensor])
-TaskEval = Callable  # (params: list[Tensor], task: dict) -> dict[str, Tensor]
+#: ``(params, state, task) -> (loss, (metrics, new_state))``: scalar loss, ``{name: scalar}`` metrics and
+#: a list aligned with ``state`` (e.g. running batch-norm statistics) that the step averages over tasks.
+TaskLoss = Callable
+#: ``(params, state, task) -> {name: Tensor}``
+TaskEval = Callable
 
 
 class Engine(abc.ABC):
@@ -49,18 +54,19 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
-    def make_meta_trainer(self, task_loss: TaskLoss, variables: list, optimizer) -> Callable:
+    def make_meta_trainer(self, task_loss: TaskLoss, variables: list, optimizer, state_variables=()) -> Callable:
         """A compiled ``step(batch) -> dict[str, float]``.
 
-        One step: for each task in ``batch``, ``task_loss(params, task)`` and its gradient with
-        respect to ``params`` (the current values of ``variables``); average losses, metrics and
-        gradients over the tasks; apply ``optimizer`` to ``variables``. Returns the mean ``loss``
-        and metrics as Python floats.
+        One step: for each task in ``batch``, ``task_loss(params, state, task)`` and its gradient
+        with respect to ``params`` (the current values of ``variables``); average losses, metrics,
+        gradients and new states over the tasks; apply ``optimizer`` to ``variables`` and assign the
+        mean new state to ``state_variables``. Returns the mean ``loss`` and metrics as Python floats.
         """
 
     @abc.abstractmethod
-    def make_evaluator(self, task_eval: TaskEval, variables: list) -> Callable:
-        """A compiled ``evaluate(batch) -> dict[str, numpy array [T, ...]]`` mapping ``task_eval`` over tasks."""
+    def make_evaluator(self, task_eval: TaskEval, variables: list, state_variables=()) -> Callable:
+        """A compiled ``evaluate(batch) -> dict[str, numpy array [T, ...]]`` mapping
+        ``task_eval(params, state, task)`` over the tasks of ``batch``."""
 
     def describe_device(self) -> str:
         return "CPU"

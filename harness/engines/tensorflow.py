@@ -46,39 +46,45 @@ class TensorFlowEngine(Engine):
 
         return value_and_grad_fn
 
-    def make_meta_trainer(self, task_loss, variables, optimizer):
+    def make_meta_trainer(self, task_loss, variables, optimizer, state_variables=()):
         optimizer.build(variables)
         value_and_grad = self.value_and_grad(task_loss)
+        state_variables = list(state_variables)
 
         @tf.function(jit_compile=self.xla, reduce_retracing=True)
         def step(batch):
             params = [tf.convert_to_tensor(v.value) for v in variables]
+            state = [tf.convert_to_tensor(v.value) for v in state_variables]
             num_tasks = tf.shape(next(iter(batch.values())))[0]
 
             def one_task(i):
                 task = {key: value[i] for key, value in batch.items()}
-                return value_and_grad(params, task)
+                (loss, (metrics, new_state)), grads = value_and_grad(params, state, task)
+                return loss, metrics, list(new_state), grads
 
             # The first task seeds the accumulators, so their structure comes from the loss itself.
-            (loss_sum, metric_sums), grad_sums = one_task(0)
+            loss_sum, metric_sums, state_sums, grad_sums = one_task(0)
 
-            def body(i, loss_sum, metric_sums, grad_sums):
-                (loss, metrics), grads = one_task(i)
+            def body(i, loss_sum, metric_sums, state_sums, grad_sums):
+                loss, metrics, new_state, grads = one_task(i)
                 return (
                     i + 1,
                     loss_sum + loss,
                     {k: metric_sums[k] + metrics[k] for k in metric_sums},
+                    [s_sum + s for s_sum, s in zip(state_sums, new_state)],
                     [g_sum + g for g_sum, g in zip(grad_sums, grads)],
                 )
 
-            _, loss_sum, metric_sums, grad_sums = tf.while_loop(
+            _, loss_sum, metric_sums, state_sums, grad_sums = tf.while_loop(
                 lambda i, *_: i < num_tasks,
                 body,
-                (tf.constant(1), loss_sum, metric_sums, list(grad_sums)),
+                (tf.constant(1), loss_sum, metric_sums, state_sums, list(grad_sums)),
                 parallel_iterations=self.parallel_tasks,
             )
             count = tf.cast(num_tasks, tf.float32)
             optimizer.apply([g / count for g in grad_sums], variables)
+            for variable, total in zip(state_variables, state_sums):
+                variable.assign(total / tf.cast(num_tasks, total.dtype))
             logs = {k: v / count for k, v in metric_sums.items()}
             logs["loss"] = loss_sum / count
             return logs
@@ -90,15 +96,19 @@ class TensorFlowEngine(Engine):
         run.compiled = step
         return run
 
-    def make_evaluator(self, task_eval, variables):
+    def make_evaluator(self, task_eval, variables, state_variables=()):
+        state_variables = list(state_variables)
+
         @tf.function(jit_compile=self.xla, reduce_retracing=True)
         def evaluate(batch):
             params = [tf.convert_to_tensor(v.value) for v in variables]
+            state = [tf.convert_to_tensor(v.value) for v in state_variables]
             first = {key: value[0] for key, value in batch.items()}
-            spec = task_eval(params, first)
+            # Traced only for the output structure; nothing consumes it, so the graph prunes it.
+            spec = task_eval(params, state, first)
             signature = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in spec.items()}
             return tf.map_fn(
-                lambda task: task_eval(params, task),
+                lambda task: task_eval(params, state, task),
                 batch,
                 fn_output_signature=signature,
                 parallel_iterations=self.parallel_tasks,
