@@ -21,7 +21,9 @@ A complete subclass (first-order "adapt the head only" would be a few lines more
         def task_eval(self, params, state, task, max_steps):
             predictions = self.apply(params, task["query_x"])
             metric = self.objective.metric(predictions, task["query_y"])
-            return {"metric": keras.ops.repeat(metric[None], max_steps + 1)}
+            loss = self.objective.loss(predictions, task["query_y"])
+            return {"metric": keras.ops.repeat(metric[None], max_steps + 1),
+                    "loss": keras.ops.repeat(loss[None], max_steps + 1), "predictions": predictions}
 
 Task shapes (one task, from ``harness.episodes``): ``support_x [S, ...]``, ``support_y [S]``
 (class labels, int32) or ``[S, out_dim]`` (regression targets), ``query_x [Q, ...]``,
@@ -75,6 +77,13 @@ class Algorithm:
     """
 
     name: str = ""
+    #: what it trains on: "episodes", "pooled" (supervised batches over all training classes) or
+    #: "fixed_tasks" (a fixed list of training tasks; set ``num_tasks``); see ``harness.training_data``
+    training_data: str = "episodes"
+    #: whether evaluation may use a different number of ways than training
+    flexible_ways: bool = False
+    #: the task kinds it handles
+    task_kinds: tuple = ("classification", "regression")
 
     def __init__(self):
         self.model: keras.Model | None = None
@@ -93,6 +102,11 @@ class Algorithm:
         self.engine = engine
         return self
 
+    def output_units(self, task_outputs: int, pooled_classes: int | None) -> int:
+        """Units of the model's last layer: the training ways (or regression outputs) by default;
+        ``pooled_classes`` is the number of global classes when ``training_data == "pooled"``."""
+        return task_outputs
+
     def meta_variables(self) -> list:
         """The variables the outer optimizer updates; ``params`` lists their values in this order."""
         return list(self.model.trainable_variables)
@@ -100,6 +114,20 @@ class Algorithm:
     def state_variables(self) -> list:
         """Variables a meta-training step overwrites with the task-mean of ``task_loss``'s new state."""
         return []
+
+    def get_weights(self) -> list:
+        """Values of ``meta_variables()`` then ``state_variables()`` as numpy arrays (what a checkpoint holds)."""
+        return [keras.ops.convert_to_numpy(v.value) for v in self.meta_variables() + self.state_variables()]
+
+    def set_weights(self, values) -> None:
+        """Restore what ``get_weights`` returned; shapes must match exactly."""
+        variables = self.meta_variables() + self.state_variables()
+        if len(values) != len(variables):
+            raise ValueError(f"Received {len(values)} arrays for {type(self).__name__}, which has {len(variables)} variables.")
+        for variable, value in zip(variables, values):
+            if tuple(variable.shape) != tuple(value.shape):
+                raise ValueError(f"Received shape {tuple(value.shape)} for variable {variable.path} of shape {tuple(variable.shape)}.")
+            variable.assign(value)
 
     def apply(self, params, x, training: bool = True):
         """The model's output for ``x`` with weights ``params`` (batch-norm on batch statistics when training)."""
@@ -114,7 +142,9 @@ class Algorithm:
     def task_eval(self, params, state, task, max_steps: int):
         """Adapt on the support set and score the query set after 0..max_steps inner steps.
 
-        Returns ``{"metric": [max_steps + 1], "loss": [max_steps + 1]}`` (accuracy as a fraction or MSE).
+        Returns ``{"metric": [max_steps + 1], "loss": [max_steps + 1], "predictions": [Q, outputs]}``:
+        accuracy as a fraction (or MSE) after each step, and the query predictions after the last
+        step (the conformance suite checks they never depend on the query labels).
         """
         raise NotImplementedError
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from metabench.algorithms import inner
 from metabench.algorithms.base import Algorithm
 
 BATCH_NORM_MODES = ("transductive",)
@@ -56,8 +57,8 @@ class MAML(Algorithm):
     def _inner_step(self, params, task, lr, first_order):
         (_, _), grads = self.engine.value_and_grad(self._support_loss)(params, task)
         if first_order:
-            grads = [ops.stop_gradient(g) for g in grads]
-        return [p - lr * g for p, g in zip(params, grads)]
+            grads = inner.first_order(grads)
+        return inner.sgd(lr)(params, grads, 0)
 
     def task_loss(self, params, state, task):
         fast = params
@@ -77,7 +78,7 @@ class MAML(Algorithm):
             predictions = self.apply(fast, task["query_x"])
             metrics.append(self.objective.metric(predictions, task["query_y"]))
             losses.append(self.objective.loss(predictions, task["query_y"]))
-        return {"metric": ops.stack(metrics), "loss": ops.stack(losses)}
+        return {"metric": ops.stack(metrics), "loss": ops.stack(losses), "predictions": predictions}
 
     def notes(self):
         return {

@@ -5,11 +5,16 @@ from __future__ import annotations
 import keras
 
 
-def conv4(input_shape, num_classes: int, *, filters: int = 64, strided: bool = True, batch_norm: bool = True) -> keras.Model:
+def conv4(
+    input_shape, num_classes: int, *, filters: int = 64, strided: bool = True, batch_norm: bool = True, bn_momentum: float = 0.9
+) -> keras.Model:
     """Four blocks of [3x3 conv, batch norm, ReLU] then flatten and a linear layer.
 
     With ``strided=True`` each conv has stride 2 (the MAML Omniglot network); otherwise stride 1
     followed by 2x2 max-pooling (the miniImageNet network, 32 filters in the paper).
+
+    ``bn_momentum`` is Keras's convention (PyTorch's momentum 0.1 is 0.9 here); it only matters for
+    algorithms that keep running statistics (MAML++ with per-step statistics, the baselines).
 
     Call: ``x [batch, H, W, C] -> logits [batch, num_classes]``. For 28x28x1 inputs and stride 2 the
     flattened features are 2x2x64 = 256.
@@ -19,7 +24,7 @@ def conv4(input_shape, num_classes: int, *, filters: int = 64, strided: bool = T
     for _ in range(4):
         x = keras.layers.Conv2D(filters, 3, strides=2 if strided else 1, padding="same")(x)
         if batch_norm:
-            x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.BatchNormalization(momentum=bn_momentum)(x)
         x = keras.layers.ReLU()(x)
         if not strided:
             x = keras.layers.MaxPooling2D(2)(x)

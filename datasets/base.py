@@ -123,6 +123,10 @@ class RegressionTaskFamily:
     ) -> RegressionTasks:
         raise NotImplementedError
 
+    def sample_inputs(self, rng: np.random.Generator, num_tasks: int, num_points: int) -> np.ndarray:
+        """Inputs ``[num_tasks, num_points, input_dim]`` float32 drawn from the family's input distribution."""
+        raise NotImplementedError
+
     def targets(self, params: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Exact outputs ``[T, N, out_dim]`` of tasks ``params [T, P]`` at inputs ``x [T, N, in_dim]``."""
         raise NotImplementedError

@@ -39,7 +39,7 @@ class Sinusoid(RegressionTaskFamily):
         amplitude = rng.uniform(*self.amplitude, size=num_tasks)
         phase = rng.uniform(*self.phase, size=num_tasks)
         params = np.stack([amplitude, phase], axis=1).astype(np.float32)
-        x = rng.uniform(*self.input_range, size=(num_tasks, num_support + num_query, 1)).astype(np.float32)
+        x = self.sample_inputs(rng, num_tasks, num_support + num_query)
         y = self.targets(params, x)
         return RegressionTasks(
             params=params,
@@ -48,6 +48,9 @@ class Sinusoid(RegressionTaskFamily):
             query_x=x[:, num_support:],
             query_y=y[:, num_support:],
         )
+
+    def sample_inputs(self, rng, num_tasks, num_points):
+        return rng.uniform(*self.input_range, size=(num_tasks, num_points, 1)).astype(np.float32)
 
     def targets(self, params, x):
         amplitude = params[:, 0][:, None, None]

@@ -41,6 +41,8 @@ FIXED_TABLES = {
         "meta_iterations": 1000,
         "meta_batch_size": 32,
         "meta_lr": 0.001,
+        "meta_lr_schedule": "constant",  # or "cosine": cosine annealing to meta_lr_min over meta_iterations
+        "meta_lr_min": 0.00001,
         "clip_meta_grad": 0.0,  # 0: no clipping; else clip each meta-gradient value to [-c, c]
         "log_every": 50,
     },
@@ -59,7 +61,7 @@ FIXED_TABLES = {
     "engine": {"xla": False, "deterministic": False, "parallel_tasks": 1},
 }
 FIXED_CHOICES = {
-    "train": {"rotations": ["none", "per_task", "classes"]},
+    "train": {"rotations": ["none", "per_task", "classes"], "meta_lr_schedule": ["constant", "cosine"]},
     "evaluation": {"rotations": ["", "none", "per_task", "classes"]},
 }
 COMPONENT_TABLES: dict[str, Registry] = {"dataset": DATASETS, "model": MODELS, "algorithm": ALGORITHMS}

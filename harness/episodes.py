@@ -8,8 +8,8 @@ match.
 Shapes used throughout, for a set of ``E`` episodes of ``N`` ways, ``K`` shots and ``Q`` queries:
 ``classes [E, N]``, ``rotations [E, N]`` (quarter turns, 0-3), ``support [E, N, K]`` and
 ``query [E, N, Q]`` (image indices within each class). A materialized batch holds
-``support_x [B, N*K, H, W, C]``, ``support_y [B, N*K]`` (labels 0..N-1), ``query_x [B, N*Q, H, W, C]``
-and ``query_y [B, N*Q]``.
+``support_x [B, N*K, H, W, C]``, ``support_y [B, N*K]`` (labels 0..N-1), ``query_x [B, N*Q, H, W, C]``,
+``query_y [B, N*Q]`` and ``label_set [B, N]`` (0..N-1: the episode's labels, so ``N`` is static).
 """
 
 from __future__ import annotations
@@ -142,7 +142,8 @@ def materialize_classification(pool: ClassPool, episodes: ClassificationEpisodes
 
     support_x, support_y = gather(episodes.support[index])
     query_x, query_y = gather(episodes.query[index])
-    return {"support_x": support_x, "support_y": support_y, "query_x": query_x, "query_y": query_y}
+    label_set = np.broadcast_to(np.arange(ways, dtype=np.int32), (batch, ways)).copy()
+    return {"support_x": support_x, "support_y": support_y, "query_x": query_x, "query_y": query_y, "label_set": label_set}
 
 
 def regression_batch(tasks: RegressionTasks, index=slice(None)) -> dict:

@@ -116,6 +116,63 @@ def _builtin_algorithms(registry: Registry) -> None:
     )
 
 
+    from metabench.algorithms.mamlpp import MAMLPlusPlus
+
+    registry.register(
+        "mamlpp",
+        MAMLPlusPlus,
+        {
+            "inner_lr": 0.1,
+            "inner_steps": 5,
+            "multi_step_loss": True,
+            "msl_epochs": 10,
+            "second_order_epoch": -1,
+            "per_step_bn_statistics": True,
+            "per_step_bn_weights": True,
+            "learned_inner_lr": True,
+            "iterations_per_epoch": 500,
+        },
+        {},
+        "MAML++ (Antoniou et al. 2019): MSL, DA, BNRS, BNWB, LSLR switches; CA is train.meta_lr_schedule='cosine'.",
+    )
+
+
+    from metabench.algorithms.finetune import Baseline, BaselinePlusPlus, Pretrain
+
+    finetune_defaults = {
+        "finetune": "head",
+        "finetune_lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 0.001,
+        "scale": 0.0,
+        "head_seed": 0,
+    }
+    registry.register(
+        "baseline", Baseline, finetune_defaults, {"finetune": ["head", "all"]},
+        "Baseline (Chen et al. 2019): pre-trained classifier, new linear head fitted per episode.",
+    )
+    registry.register(
+        "baseline++", BaselinePlusPlus, finetune_defaults, {"finetune": ["head", "all"]},
+        "Baseline++ (Chen et al. 2019): as baseline with a cosine head (weight-normalised, scaled).",
+    )
+    registry.register(
+        "pretrain", Pretrain, dict(finetune_defaults, finetune="all", momentum=0.0, weight_decay=0.0),
+        {"finetune": ["head", "all"]},
+        "MAML paper's 'pretrained on all tasks' baseline: pooled training, then fine-tuning per task.",
+    )
+
+
+    from metabench.algorithms.multitask import MultiTask
+
+    registry.register(
+        "multitask",
+        MultiTask,
+        {"num_tasks": 1000, "finetune": "head", "finetune_lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "head_seed": 0},
+        {"finetune": ["head", "all"]},
+        "Multi-task hard parameter sharing: shared trunk, one head per fixed training task; new head per test task.",
+    )
+
+
 def _builtin_datasets(registry: Registry) -> None:
     from metabench.datasets.miniimagenet import MiniImageNet
     from metabench.datasets.omniglot import Omniglot
@@ -157,7 +214,7 @@ def _builtin_models(registry: Registry) -> None:
     registry.register(
         "conv4",
         lambda input_shape, outputs, **options: conv4(input_shape, outputs, **options),
-        {"filters": 64, "strided": True, "batch_norm": True},
+        {"filters": 64, "strided": True, "batch_norm": True, "bn_momentum": 0.9},
         {},
         "Four 3x3 conv blocks with batch norm and ReLU, then linear (MAML's Omniglot/miniImageNet network).",
     )

@@ -21,6 +21,7 @@ import numpy as np
 from metabench.datasets.base import ClassificationDataset
 from metabench.harness import episodes as ep
 from metabench.harness.config import ConfigError, config_hash
+from metabench.harness import training_data
 from metabench.harness.engines import get_engine, select_backend
 from metabench.harness.registry import ALGORITHMS, DATASETS, MODELS
 from metabench.harness.results import CurvePoint, Evaluation, RunInfo
@@ -50,18 +51,29 @@ class RunSummary:
 
 
 @dataclasses.dataclass
-class _Prepared:
-    dataset: object
-    train_source: object  # ClassPool or RegressionTaskFamily
+class Prepared:
+    """Data side of a run: the training pool (or task family) and the fixed evaluation sets.
+
+    Attributes:
+        train_source: ``ClassPool`` of the training split, or the ``RegressionTaskFamily``.
+        train_spec: episode shape of meta-training.
+        eval_sets: one ``EvaluationSet`` per evaluation setting.
+        eval_pool: ``ClassPool`` the evaluation episodes index (``None`` for regression).
+        input_shape: shape of one example, e.g. ``(28, 28, 1)`` or ``(1,)``.
+        kind: ``"classification"`` or ``"regression"``.
+        output_dim: regression output size (unused for classification).
+    """
+
+    train_source: object
     train_spec: ep.EpisodeSpec
     eval_sets: list
     eval_pool: object
     input_shape: tuple
-    outputs: int
     kind: str
+    output_dim: int = 1
 
 
-def prepare(config: dict, data_dir=None, cache_dir=None) -> _Prepared:
+def prepare(config: dict, data_dir=None, cache_dir=None) -> Prepared:
     """Build the dataset and every episode set, checking the specs against the data."""
     dataset_options = {k: v for k, v in config["dataset"].items() if k != "name"}
     dataset = DATASETS.get(config["dataset"]["name"]).factory(data_dir=data_dir, cache_dir=cache_dir, **dataset_options)
@@ -73,11 +85,6 @@ def prepare(config: dict, data_dir=None, cache_dir=None) -> _Prepared:
         if train["ways"] == 0:
             raise ConfigError(f"{name} is a classification dataset: set train.ways (e.g. 5).")
         ways = evaluation["ways"] or train["ways"]
-        if ways != train["ways"]:
-            raise ConfigError(
-                f"Received evaluation.ways={ways} but train.ways={train['ways']}: the model's head has "
-                f"{train['ways']} outputs. Use the same ways for training and evaluation."
-            )
         train_spec = ep.EpisodeSpec(train["ways"], train["shots"], train["queries"])
         eval_rotations = evaluation["rotations"] or train["rotations"]
         train_pool = dataset.split(train["split"])
@@ -89,7 +96,7 @@ def prepare(config: dict, data_dir=None, cache_dir=None) -> _Prepared:
             )
             for shots in eval_shots
         ]
-        return _Prepared(dataset, train_pool, train_spec, eval_sets, eval_pool, train_pool.image_shape, ways, "classification")
+        return Prepared(train_pool, train_spec, eval_sets, eval_pool, train_pool.image_shape, "classification")
     if train["ways"] or evaluation["ways"]:
         raise ConfigError(f"{name} is a regression task family: leave train.ways and evaluation.ways unset (0).")
     train_spec = ep.EpisodeSpec(None, train["shots"], train["queries"])
@@ -97,45 +104,74 @@ def prepare(config: dict, data_dir=None, cache_dir=None) -> _Prepared:
         ep.regression_evaluation_set(dataset, ep.EpisodeSpec(None, shots, eval_queries), evaluation["episodes"], evaluation["seed"], evaluation["split"])
         for shots in eval_shots
     ]
-    return _Prepared(dataset, dataset, train_spec, eval_sets, None, (dataset.input_dim,), dataset.output_dim, "regression")
+    return Prepared(dataset, train_spec, eval_sets, None, (dataset.input_dim,), "regression", dataset.output_dim)
 
 
-def training_batch(prepared: _Prepared, config: dict, iteration: int) -> dict:
-    """The meta-batch of ``iteration``: a function of (seed, iteration) only."""
-    train = config["train"]
-    rng = ep.training_rng(config["seed"], iteration)
-    if prepared.kind == "classification":
-        episodes = ep.sample_classification_episodes(
-            prepared.train_source, prepared.train_spec, train["meta_batch_size"], rng, train["rotations"]
-        )
-        return ep.materialize_classification(prepared.train_source, episodes)
-    tasks = prepared.train_source.sample(rng, train["meta_batch_size"], train["shots"], train["queries"])
-    return ep.regression_batch(tasks)
+@dataclasses.dataclass
+class Session:
+    """Everything a run trains and evaluates with, built from a resolved config and prepared data."""
+
+    algorithm: object
+    source: object
+    optimizer: object
+    trainer: object
+    evaluator: object
 
 
-def run(config: dict, *, store, data_dir=None, cache_dir=None, show_progress: bool = True) -> RunSummary:
-    """Meta-train and evaluate ``config`` (resolved), recording the run in ``store``."""
-    select_backend(config["backend"])
-    prepared = prepare(config, data_dir, cache_dir)
+def build(config: dict, prepared: Prepared, engine, algorithm=None) -> Session:
+    """Model, algorithm, batch source, optimizer and compiled steps for ``config``.
 
-    import keras  # after select_backend: Keras reads its backend once, at import
+    ``algorithm`` overrides the config's (the conformance suite passes an unregistered one).
+    """
+    import keras
 
-    engine = get_engine(config["backend"], **config["engine"])
+    if algorithm is None:
+        algorithm_options = {k: v for k, v in config["algorithm"].items() if k != "name"}
+        algorithm = ALGORITHMS.get(config["algorithm"]["name"]).factory(**algorithm_options)
+    name = type(algorithm).__name__
+    if prepared.kind not in algorithm.task_kinds:
+        raise ConfigError(f"Algorithm {config['algorithm']['name']!r} handles {list(algorithm.task_kinds)} tasks, not {prepared.kind}.")
+    train_ways = prepared.train_spec.ways
+    if prepared.kind == "classification" and not algorithm.flexible_ways:
+        eval_ways = {s.spec.ways for s in prepared.eval_sets}
+        if eval_ways != {train_ways}:
+            raise ConfigError(
+                f"Received evaluation.ways={sorted(eval_ways)} but train.ways={train_ways}: {name} keeps the "
+                f"{train_ways}-way head it meta-learned. Use the same ways for training and evaluation."
+            )
+    source = training_data.make_source(
+        algorithm.training_data, prepared.train_source, prepared.train_spec, config["train"], config["seed"],
+        getattr(algorithm, "num_tasks", 0),
+    )
     keras.utils.set_random_seed(config["seed"])
+    pooled = getattr(source, "num_classes", None)
+    outputs = algorithm.output_units(train_ways if prepared.kind == "classification" else prepared.output_dim, pooled)
     model_options = {k: v for k, v in config["model"].items() if k != "name"}
-    model = MODELS.get(config["model"]["name"]).factory(prepared.input_shape, prepared.outputs, **model_options)
-    algorithm_options = {k: v for k, v in config["algorithm"].items() if k != "name"}
-    algorithm = ALGORITHMS.get(config["algorithm"]["name"]).factory(**algorithm_options)
+    model = MODELS.get(config["model"]["name"]).factory(prepared.input_shape, outputs, **model_options)
     algorithm.build(model, prepared.kind, engine)
 
-    clip = config["train"]["clip_meta_grad"]
-    optimizer = keras.optimizers.Adam(config["train"]["meta_lr"], clipvalue=clip or None)
+    train = config["train"]
+    learning_rate = train["meta_lr"]
+    if train["meta_lr_schedule"] == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            train["meta_lr"], decay_steps=train["meta_iterations"], alpha=train["meta_lr_min"] / train["meta_lr"]
+        )
+    optimizer = keras.optimizers.Adam(learning_rate, clipvalue=train["clip_meta_grad"] or None)
     variables, state_variables = algorithm.meta_variables(), algorithm.state_variables()
     trainer = engine.make_meta_trainer(algorithm.task_loss, variables, optimizer, state_variables)
     max_steps = max(config["evaluation"]["inner_steps"])
     evaluator = engine.make_evaluator(
         lambda params, state, task: algorithm.task_eval(params, state, task, max_steps), variables, state_variables
     )
+    return Session(algorithm, source, optimizer, trainer, evaluator)
+
+
+def run(config: dict, *, store, data_dir=None, cache_dir=None, show_progress: bool = True) -> RunSummary:
+    """Meta-train and evaluate ``config`` (resolved), recording the run in ``store``."""
+    select_backend(config["backend"])
+    prepared = prepare(config, data_dir, cache_dir)
+    engine = get_engine(config["backend"], **config["engine"])
+    session = build(config, prepared, engine)
 
     info = RunInfo(
         algorithm=config["algorithm"]["name"],
@@ -152,11 +188,9 @@ def run(config: dict, *, store, data_dir=None, cache_dir=None, show_progress: bo
     logger.info("Run %s started (%s on %s)", run_id, info.algorithm, info.dataset)
     try:
         started = time.perf_counter()
-        curve = _meta_train(trainer, prepared, config, algorithm.objective.metric_name, show_progress)
+        curve = meta_train(session, config, show_progress)
         trained = time.perf_counter()
-        evaluations = [
-            _evaluate(evaluator, eval_set, prepared, config, algorithm) for eval_set in prepared.eval_sets
-        ]
+        evaluations = evaluate(session, prepared, config)
         timings = {"train_s": trained - started, "eval_s": time.perf_counter() - trained}
         store.complete_run(run_id, evaluations, curve, timings)
     except KeyboardInterrupt:
@@ -167,7 +201,16 @@ def run(config: dict, *, store, data_dir=None, cache_dir=None, show_progress: bo
         raise
     settings = []
     for evaluation in evaluations:
-        ci = mean_ci95(evaluation.values[evaluation.headline_steps])
+        headline = evaluation.values[evaluation.headline_steps]
+        mean, half_width = float("nan"), float("nan")
+        if np.all(np.isfinite(headline)):
+            ci = mean_ci95(headline)
+            mean, half_width = ci.mean, ci.half_width
+        else:
+            logger.warning(
+                "%d of %d episodes have a non-finite %s after %d inner steps (adaptation diverged); the summary shows NaN.",
+                int(np.sum(~np.isfinite(headline))), len(headline), evaluation.metric, evaluation.headline_steps,
+            )
         settings.append(
             {
                 "split": evaluation.split,
@@ -176,8 +219,8 @@ def run(config: dict, *, store, data_dir=None, cache_dir=None, show_progress: bo
                 "queries": evaluation.queries,
                 "fingerprint": evaluation.fingerprint,
                 "inner_steps": evaluation.headline_steps,
-                "mean": ci.mean,
-                "ci95": ci.half_width,
+                "mean": mean,
+                "ci95": half_width,
                 "by_inner_steps": {int(s): float(np.mean(v)) for s, v in evaluation.values.items()},
             }
         )
@@ -185,10 +228,12 @@ def run(config: dict, *, store, data_dir=None, cache_dir=None, show_progress: bo
     return RunSummary(run_id, evaluations[0].metric, first["mean"], first["ci95"], len(prepared.eval_sets[0]), first["inner_steps"], settings)
 
 
-def _meta_train(trainer, prepared, config, metric_name, show_progress) -> list[CurvePoint]:
+def meta_train(session: Session, config: dict, show_progress: bool = False) -> list[CurvePoint]:
+    """Run ``train.meta_iterations`` steps; returns the logged training curve."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     train = config["train"]
+    metric_name = session.algorithm.objective.metric_name
     total, every = train["meta_iterations"], train["log_every"]
     curve, window_loss, window_metric = [], [], []
     last_finite = None
@@ -205,7 +250,7 @@ def _meta_train(trainer, prepared, config, metric_name, show_progress) -> list[C
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
         bar = progress.add_task("train", total=total, loss="-", metric="-", metric_name=metric_name)
         for iteration in range(total):
-            logs = trainer(training_batch(prepared, config, iteration))
+            logs = session.trainer(session.source.batch(iteration))
             loss = logs["loss"]
             if not math.isfinite(loss):
                 raise TrainingDiverged(
@@ -214,7 +259,7 @@ def _meta_train(trainer, prepared, config, metric_name, show_progress) -> list[C
                 )
             last_finite = loss
             window_loss.append(loss)
-            window_metric.append(logs[metric_name])
+            window_metric.append(logs.get(metric_name, float("nan")))
             if (iteration + 1) % every == 0 or iteration + 1 == total:
                 point = CurvePoint(iteration + 1, float(np.mean(window_loss)), float(np.mean(window_metric)), time.perf_counter() - started)
                 curve.append(point)
@@ -222,6 +267,11 @@ def _meta_train(trainer, prepared, config, metric_name, show_progress) -> list[C
                 progress.update(bar, loss=f"{point.loss:.4f}", metric=f"{point.metric:.4f}")
             progress.advance(bar)
     return curve
+
+
+def evaluate(session: Session, prepared: Prepared, config: dict) -> list[Evaluation]:
+    """Per-episode metrics of every evaluation set at every recorded inner-step count."""
+    return [_evaluate(session.evaluator, eval_set, prepared, config, session.algorithm) for eval_set in prepared.eval_sets]
 
 
 def _evaluate(evaluator, eval_set, prepared, config, algorithm) -> Evaluation:

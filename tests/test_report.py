@@ -73,21 +73,32 @@ def store(tmp_path):
         yield opened
 
 
-def _sections(markdown: str) -> dict[str, list[dict[str, str]]]:
-    """Heading -> table rows as {column: cell}; cells split on unescaped pipes."""
-    sections, heading, header = {}, None, None
+def _sections(markdown: str, settings_only: bool = True) -> dict[str, list[dict[str, str]]]:
+    """Heading -> the first table's rows as {column: cell}; cells split on unescaped pipes.
+
+    Later tables under a heading (paired comparisons, ranks) are skipped; with ``settings_only``
+    the summary sections after the settings (average ranks, curves) are left out.
+    """
+    sections, heading, header, done = {}, None, None, False
     for line in markdown.splitlines():
         if line.startswith("## "):
-            heading, header = line, None
+            heading, header, done = line, None, False
             sections[heading] = []
-        elif line.startswith("|") and heading:
+        elif line.startswith("|") and heading and not done:
             cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
             if header is None:
                 header = cells
             elif not set(line) <= set("|-: "):
                 assert len(cells) == len(header), line
                 sections[heading].append(dict(zip(header, cells)))
+        elif header is not None:
+            done = True  # the first table under this heading has ended
+    if settings_only:
+        sections = {h: rows for h, rows in sections.items() if h not in _SUMMARY_HEADINGS}
     return sections
+
+
+_SUMMARY_HEADINGS = ("## Average ranks across settings", "## Meta-training curves")
 
 
 def test_writes_markdown_and_csv(store, tmp_path):

@@ -1,4 +1,4 @@
-"""`metabench report`: write the leaderboard from the results store."""
+"""`metabench report`: the leaderboard, comparisons, ranks and figures from the results store."""
 
 from __future__ import annotations
 
@@ -9,21 +9,46 @@ from metabench.harness.commands import DEFAULT_REPORTS, DEFAULT_STORE
 
 
 def register(commands) -> None:
-    report = commands.add_parser("report", help="write the leaderboard from the results store")
+    report = commands.add_parser(
+        "report",
+        help="write the leaderboard (md, csv, tex, html), comparisons and figures from the results store",
+        description=(
+            "Write OUT/leaderboard.md, .csv, .tex and .html (self-contained), comparisons.csv, "
+            "across_settings.json and OUT/figures/ (CD diagram, metric vs inner steps, meta-training "
+            "curves) from the completed runs of the store. With --reproduction also OUT/reproduction.md: "
+            "our results beside the published numbers they reproduce."
+        ),
+    )
     report.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default: {DEFAULT_STORE})")
     report.add_argument("--out", default=DEFAULT_REPORTS, help=f"output folder (default: {DEFAULT_REPORTS})")
+    report.add_argument("--reproduction", action="store_true", help="also write reproduction.md (ours vs the papers)")
+    report.add_argument("--published", metavar="TOML",
+                        help="published numbers for --reproduction (default: the shipped published_results.toml)")
+    report.add_argument("--alpha", type=float, default=0.05, help="significance level of the tests (default: 0.05)")
     report.set_defaults(handler=_report)
 
 
 def _report(args) -> int:
-    from metabench.harness.report import write_leaderboard
+    from metabench.harness.report import write_report
     from metabench.harness.store import ResultsStore
 
     if not Path(args.store).exists():
         print(f"metabench: error: no results store at {args.store!r}; run `metabench run` first or pass --store PATH.", file=sys.stderr)
         return 2
+    if not 0.0 < args.alpha < 1.0:
+        print(f"metabench: error: received --alpha {args.alpha}; expected a significance level strictly between 0 and 1, e.g. 0.05.", file=sys.stderr)
+        return 2
+    published = None
+    if args.reproduction:
+        from metabench.harness.reproduction import PublishedResultsError, load_published
+
+        try:
+            published = load_published(args.published)
+        except PublishedResultsError as error:
+            print(f"metabench: error: {error}", file=sys.stderr)
+            return 2
     with ResultsStore(args.store) as store:
-        paths = write_leaderboard(store, args.out)
+        paths = write_report(store, args.out, alpha=float(args.alpha), reproduction=args.reproduction, published=published)
     for path in paths:
         print(path)
     return 0

@@ -31,15 +31,25 @@ def select_backend(name: str) -> None:
 
 
 def get_engine(name: str, **options) -> Engine:
-    """The engine for backend ``name`` (``"tensorflow"``; ``"jax"`` when installed)."""
+    """The engine for backend ``name`` (``"tensorflow"``, or ``"jax"`` with ``pip install -e ".[jax]"``)."""
     select_backend(name)
     if name == "tensorflow":
-        from metabench.harness.engines.tensorflow import TensorFlowEngine
-
+        try:
+            from metabench.harness.engines.tensorflow import TensorFlowEngine
+        except ImportError as error:
+            raise EngineError(
+                f"Received backend='tensorflow', but TensorFlow cannot be imported ({error}). Install it "
+                "(pip install tensorflow) or run with --backend jax."
+            ) from error
         return TensorFlowEngine(**options)
-    raise EngineError(
-        f"Received backend={name!r}, but no engine for it ships in this version. Available: ['tensorflow']."
-    )
+    try:
+        from metabench.harness.engines.jax import JaxEngine
+    except ImportError as error:
+        raise EngineError(
+            f"Received backend='jax', but JAX cannot be imported ({error}). Install it with "
+            'pip install -e ".[jax]" or run with --backend tensorflow.'
+        ) from error
+    return JaxEngine(**options)
 
 
 __all__ = ["BACKENDS", "Engine", "EngineError", "get_engine", "select_backend"]

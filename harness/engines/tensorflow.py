@@ -4,6 +4,10 @@ Measured on the 2-core CPU (``../shared/bench``): a compiled loop over tasks wit
 meta-gradient accumulation was the fastest form (842 ms per Omniglot meta-iteration against 1485 ms
 for the PyTorch peer); unrolling the tasks cost 51 s of compile time and XLA was slower on the CPU,
 so XLA is off by default.
+
+On a GPU, vectorizing the tasks of a meta-batch is what matters (a sequential task loop was 14x
+slower than vmap for the PyTorch peer on an H200): ``task_map="vectorized"`` runs them through
+``tf.vectorized_map`` instead (slower on the CPU, about 2.6x; see ``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from metabench.harness.engines.base import Engine
+from metabench.harness.engines.base import Engine, EngineError
+
+TASK_MAPS = ("auto", "loop", "vectorized")
 
 
 class TensorFlowEngine(Engine):
@@ -21,7 +27,10 @@ class TensorFlowEngine(Engine):
         xla: compile steps with XLA (``jit_compile=True``).
         deterministic: switch on ``tf.config.experimental.enable_op_determinism`` (bit-for-bit
             repeatable runs on CPU).
-        parallel_tasks: ``parallel_iterations`` of the task loop.
+        parallel_tasks: ``parallel_iterations`` of the task loop (and of the evaluation ``tf.map_fn``).
+        task_map: ``"loop"`` (a ``tf.while_loop`` over tasks accumulating each task's meta-gradient:
+            the fast form on the CPU), ``"vectorized"`` (``tf.vectorized_map`` over the tasks, per-task
+            gradients stacked and averaged: for GPUs) or ``"auto"`` (``loop``).
     """
 
     name = "tensorflow"
@@ -29,10 +38,14 @@ class TensorFlowEngine(Engine):
     SUPPORTS_XLA = True
     SUPPORTS_DETERMINISM = True
 
-    def __init__(self, *, xla: bool = False, deterministic: bool = False, parallel_tasks: int = 1):
+    def __init__(self, *, xla: bool = False, deterministic: bool = False, parallel_tasks: int = 1, task_map: str = "auto"):
+        if task_map not in TASK_MAPS:
+            raise EngineError(f"Received task_map={task_map!r}; expected one of {list(TASK_MAPS)} for the tensorflow engine.")
         self.xla = bool(xla)
         self.deterministic = bool(deterministic)
         self.parallel_tasks = int(parallel_tasks)
+        self.task_map = "loop" if task_map == "auto" else task_map
+        self.VECTORIZED_TASKS = self.task_map == "vectorized"
         if self.deterministic:
             tf.config.experimental.enable_op_determinism()
 
@@ -57,30 +70,37 @@ class TensorFlowEngine(Engine):
             state = [tf.convert_to_tensor(v.value) for v in state_variables]
             num_tasks = tf.shape(next(iter(batch.values())))[0]
 
-            def one_task(i):
-                task = {key: value[i] for key, value in batch.items()}
+            def one_task(task):
                 (loss, (metrics, new_state)), grads = value_and_grad(params, state, task)
-                return loss, metrics, list(new_state), grads
+                return loss, metrics, list(new_state), list(grads)
 
-            # The first task seeds the accumulators, so their structure comes from the loss itself.
-            loss_sum, metric_sums, state_sums, grad_sums = one_task(0)
+            if self.task_map == "vectorized":
+                # Per-task results stacked on a leading task axis, then summed like the loop's accumulators.
+                losses, metrics, new_states, grads = tf.vectorized_map(one_task, batch)
+                loss_sum = tf.reduce_sum(losses, axis=0)
+                metric_sums = {k: tf.reduce_sum(v, axis=0) for k, v in metrics.items()}
+                state_sums = [tf.reduce_sum(s, axis=0) for s in new_states]
+                grad_sums = [tf.reduce_sum(g, axis=0) for g in grads]
+            else:
+                # The first task seeds the accumulators, so their structure comes from the loss itself.
+                loss_sum, metric_sums, state_sums, grad_sums = one_task({key: value[0] for key, value in batch.items()})
 
-            def body(i, loss_sum, metric_sums, state_sums, grad_sums):
-                loss, metrics, new_state, grads = one_task(i)
-                return (
-                    i + 1,
-                    loss_sum + loss,
-                    {k: metric_sums[k] + metrics[k] for k in metric_sums},
-                    [s_sum + s for s_sum, s in zip(state_sums, new_state)],
-                    [g_sum + g for g_sum, g in zip(grad_sums, grads)],
+                def body(i, loss_sum, metric_sums, state_sums, grad_sums):
+                    loss, metrics, new_state, grads = one_task({key: value[i] for key, value in batch.items()})
+                    return (
+                        i + 1,
+                        loss_sum + loss,
+                        {k: metric_sums[k] + metrics[k] for k in metric_sums},
+                        [s_sum + s for s_sum, s in zip(state_sums, new_state)],
+                        [g_sum + g for g_sum, g in zip(grad_sums, grads)],
+                    )
+
+                _, loss_sum, metric_sums, state_sums, grad_sums = tf.while_loop(
+                    lambda i, *_: i < num_tasks,
+                    body,
+                    (tf.constant(1), loss_sum, metric_sums, state_sums, list(grad_sums)),
+                    parallel_iterations=self.parallel_tasks,
                 )
-
-            _, loss_sum, metric_sums, state_sums, grad_sums = tf.while_loop(
-                lambda i, *_: i < num_tasks,
-                body,
-                (tf.constant(1), loss_sum, metric_sums, state_sums, list(grad_sums)),
-                parallel_iterations=self.parallel_tasks,
-            )
             count = tf.cast(num_tasks, tf.float32)
             optimizer.apply([g / count for g in grad_sums], variables)
             for variable, total in zip(state_variables, state_sums):
@@ -103,6 +123,8 @@ class TensorFlowEngine(Engine):
         def evaluate(batch):
             params = [tf.convert_to_tensor(v.value) for v in variables]
             state = [tf.convert_to_tensor(v.value) for v in state_variables]
+            if self.task_map == "vectorized":
+                return tf.vectorized_map(lambda task: task_eval(params, state, task), batch)
             first = {key: value[0] for key, value in batch.items()}
             # Traced only for the output structure; nothing consumes it, so the graph prunes it.
             spec = task_eval(params, state, first)
@@ -121,6 +143,16 @@ class TensorFlowEngine(Engine):
         run.compiled = evaluate
         return run
 
+    def set_matmul_precision(self, precision: str) -> None:
+        """``"highest"``: full float32 (TF32 off on GPUs); ``"default"``: TensorFlow's own (TF32 on)."""
+        tf.config.experimental.enable_tensor_float_32_execution(precision != "highest")
+
     def describe_device(self) -> str:
         gpus = tf.config.list_logical_devices("GPU")
         return f"GPU ({len(gpus)})" if gpus else "CPU"
+
+    def device_memory_peak(self) -> int | None:
+        """Peak bytes allocated on the first GPU since start; None on the CPU (TensorFlow reports none there)."""
+        if not tf.config.list_logical_devices("GPU"):
+            return None
+        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])

@@ -1,0 +1,84 @@
+"""Fitting a new classifier or regressor head on an episode's support set, in a compiled loop.
+
+Used by the fine-tuning and multi-task baselines at evaluation time. The head is trained with
+full-batch gradient descent with momentum and weight decay for ``steps`` steps; the query metric
+after every step is recorded (``[steps + 1]``, step 0 being the untrained head).
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+
+def linear_logits(weights, features):
+    """``features [n, F] @ weights[0] [F, out] + weights[1] [out]``."""
+    kernel, bias = weights
+    return ops.matmul(features, kernel) + bias
+
+
+def cosine_logits(scale):
+    """Baseline++'s head: ``scale * cos(feature, class weight)``; ``weights[0]`` is ``[F, ways]``."""
+
+    def logits(weights, features):
+        (kernel,) = weights
+        unit_features = features / (ops.norm(features, axis=-1, keepdims=True) + 1e-5)
+        unit_kernel = kernel / (ops.norm(kernel, axis=0, keepdims=True) + 1e-5)
+        return scale * ops.matmul(unit_features, unit_kernel)
+
+    return logits
+
+
+def fit(engine, objective, logits_fn, initial, support_x, support_y, query_x, query_y, *, steps, learning_rate,
+        momentum=0.9, weight_decay=0.0, features_fn=None, backbone_params=()):
+    """Train ``initial`` (list of head tensors) on the support set; score the query set after each step.
+
+    ``features_fn(backbone_params, x) -> [n, F]`` maps inputs to features; when ``backbone_params``
+    is non-empty they are fine-tuned together with the head (all layers), otherwise ``support_x``
+    and ``query_x`` are already features. Returns ``(metric [steps+1], loss [steps+1], query
+    predictions after the last step)``.
+    """
+    backbone_params = list(backbone_params)
+    head_size = len(initial)
+
+    def predict(params, x):
+        head, backbone = params[:head_size], params[head_size:]
+        features = features_fn(backbone, x) if backbone else x
+        return logits_fn(head, features)
+
+    def support_loss(params):
+        loss = objective.loss(predict(params, support_x), support_y)
+        if weight_decay:
+            loss = loss + 0.5 * weight_decay * sum(ops.sum(ops.square(p)) for p in params[:head_size])
+        return loss, ()
+
+    value_and_grad = engine.value_and_grad(support_loss)
+    start = list(initial) + backbone_params
+
+    def scores(params):
+        predictions = predict(params, query_x)
+        return objective.metric(predictions, query_y), objective.loss(predictions, query_y)
+
+    metric0, loss0 = scores(start)
+    metric_buffer = ops.zeros((steps + 1,))
+    loss_buffer = ops.zeros((steps + 1,))
+    metric_buffer = ops.slice_update(metric_buffer, [0], ops.reshape(metric0, (1,)))
+    loss_buffer = ops.slice_update(loss_buffer, [0], ops.reshape(loss0, (1,)))
+
+    def body(i, carry):
+        params, velocity, metric_buffer, loss_buffer = carry
+        (_, _), grads = value_and_grad(list(params))
+        velocity = [momentum * v + g for v, g in zip(velocity, grads)]
+        params = [p - learning_rate * v for p, v in zip(params, velocity)]
+        metric, loss = scores(params)
+        index = ops.reshape(i + 1, (1,))
+        metric_buffer = ops.slice_update(metric_buffer, index, ops.reshape(metric, (1,)))
+        loss_buffer = ops.slice_update(loss_buffer, index, ops.reshape(loss, (1,)))
+        return params, velocity, metric_buffer, loss_buffer
+
+    if steps:
+        params, _, metric_buffer, loss_buffer = ops.fori_loop(
+            0, steps, body, (start, [ops.zeros_like(p) for p in start], metric_buffer, loss_buffer)
+        )
+    else:
+        params = start
+    return metric_buffer, loss_buffer, predict(params, query_x)

@@ -1,0 +1,213 @@
+"""MAML++ (Antoniou, Edwards and Storkey, "How to train your MAML", ICLR 2019), every change a switch."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from metabench.algorithms import inner
+from metabench.algorithms.base import Algorithm
+
+
+class MAMLPlusPlus(Algorithm):
+    """MAML with the six changes of MAML++, each switchable for ablations.
+
+    1. ``multi_step_loss`` (MSL): the outer loss is a weighted sum of the query losses after every
+       inner step, with the authors' annealed weights (all ``1/N`` at first; the non-final ones
+       decay by ``1/(N * msl_epochs)`` per epoch down to ``0.03/N``, the final one grows to match);
+       from epoch ``msl_epochs`` on only the final step counts.
+    2. ``second_order_epoch`` (derivative-order annealing, DA): first-order inner gradients until
+       the epoch exceeds this value, second order after; ``-1`` (the released configs) is second
+       order from the start.
+    3. ``per_step_bn_statistics`` (BNRS): one set of batch-norm running statistics per inner step,
+       updated during meta-training and used at evaluation time (the reference code never used
+       them at test time; here they are, so evaluation is not transductive).
+    4. ``per_step_bn_weights`` (BNWB): one batch-norm scale and offset per inner step, meta-learned
+       and not adapted in the inner loop.
+    5. ``learned_inner_lr`` (LSLR): one inner learning rate per parameter tensor and step,
+       initialised to ``inner_lr`` and meta-learned by the outer optimizer.
+    6. Cosine annealing of the meta learning rate (CA) is the runner's ``train.meta_lr_schedule =
+       "cosine"`` (down to ``train.meta_lr_min``, annealed per iteration rather than per epoch).
+
+    An epoch is ``iterations_per_epoch`` meta-iterations (500 in the authors' configs). Evaluation
+    always uses first-order inner loops, as in the reference code.
+
+    Args:
+        inner_lr: fixed inner step size, or the initial value of the learned ones.
+        inner_steps: inner steps in meta-training (5 in the paper); evaluation may take more, and
+            steps past the trained ones reuse the last step's rates and statistics.
+    """
+
+    name = "mamlpp"
+
+    def __init__(
+        self,
+        *,
+        inner_lr=0.1,
+        inner_steps=5,
+        multi_step_loss=True,
+        msl_epochs=10,
+        second_order_epoch=-1,
+        per_step_bn_statistics=True,
+        per_step_bn_weights=True,
+        learned_inner_lr=True,
+        iterations_per_epoch=500,
+    ):
+        super().__init__()
+        if not inner_lr > 0:
+            raise ValueError(f"Received inner_lr={inner_lr}; expected a positive step size.")
+        if int(inner_steps) < 1:
+            raise ValueError(f"Received inner_steps={inner_steps}; expected at least 1.")
+        if int(iterations_per_epoch) < 1:
+            raise ValueError(f"Received iterations_per_epoch={iterations_per_epoch}; expected a positive integer.")
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
+        self.multi_step_loss = multi_step_loss
+        self.msl_epochs = msl_epochs
+        self.second_order_epoch = second_order_epoch
+        self.per_step_bn_statistics = per_step_bn_statistics
+        self.per_step_bn_weights = per_step_bn_weights
+        self.learned_inner_lr = learned_inner_lr
+        self.iterations_per_epoch = iterations_per_epoch
+
+    # --- construction -----------------------------------------------------------------------
+
+    def build(self, model, task_kind, engine):
+        super().build(model, task_kind, engine)
+        steps = int(self.inner_steps)
+        trainable = list(model.trainable_variables)
+        bn_paths = {
+            v.path for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization) for v in layer.trainable_variables
+        }
+        self._bn_index = [i for i, v in enumerate(trainable) if v.path in bn_paths]
+        self._adapted_index = [i for i, v in enumerate(trainable) if v.path not in bn_paths]
+        self._adapted = [trainable[i] for i in self._adapted_index]
+        if self.per_step_bn_weights:
+            self._bn = [
+                keras.Variable(ops.tile(trainable[i].value[None], (steps + 1, 1)), name=f"per_step_{trainable[i].name}")
+                for i in self._bn_index
+            ]
+        else:
+            self._bn = [trainable[i] for i in self._bn_index]
+        self._rates = (
+            [keras.Variable(ops.full((steps, len(self._adapted)), float(self.inner_lr)), name="inner_learning_rates")]
+            if self.learned_inner_lr
+            else []
+        )
+        non_trainable = list(model.non_trainable_variables)
+        self._statistics = (
+            [keras.Variable(ops.tile(v.value[None], (steps + 1,) + (1,) * len(v.shape)), trainable=False, name=f"per_step_{v.name}") for v in non_trainable]
+            if self.per_step_bn_statistics
+            else []
+        )
+        return self
+
+    def meta_variables(self):
+        return self._adapted + self._bn + self._rates
+
+    def state_variables(self):
+        return self._statistics
+
+    # --- the forward pass at one inner step -------------------------------------------------
+
+    def _split(self, params):
+        n_adapted, n_bn = len(self._adapted), len(self._bn)
+        adapted = list(params[:n_adapted])
+        bn = list(params[n_adapted : n_adapted + n_bn])
+        rates = params[n_adapted + n_bn] if self.learned_inner_lr else None
+        return adapted, bn, rates
+
+    def _forward(self, adapted, bn, state, x, step, training):
+        """Model output for ``x`` at inner step ``step``; also the batch-norm statistics it implies."""
+        index = min(step, int(self.inner_steps))
+        trainable = [None] * (len(self._adapted_index) + len(self._bn_index))
+        for position, value in zip(self._adapted_index, adapted):
+            trainable[position] = value
+        for position, value in zip(self._bn_index, bn):
+            trainable[position] = value[index] if self.per_step_bn_weights else value
+        if self.per_step_bn_statistics:
+            statistics = [s[index] for s in state]
+        else:
+            statistics = [v.value for v in self.model.non_trainable_variables]
+        outputs, new_statistics = self.model.stateless_call(trainable, statistics, x, training=training)
+        return outputs, new_statistics
+
+    def _update_rule(self, rates):
+        return inner.per_step_per_tensor(rates) if self.learned_inner_lr else inner.sgd(self.inner_lr)
+
+    def _step_loss_weights(self, epoch):
+        """MSL weights ``[inner_steps]`` at ``epoch`` (a float tensor), as in the authors' code."""
+        n = int(self.inner_steps)
+        last = ops.one_hot(n - 1, n)
+        if not self.multi_step_loss:
+            return last
+        decay = 1.0 / n / self.msl_epochs
+        minimum = 0.03 / n
+        non_final = ops.maximum(1.0 / n - epoch * decay, minimum)
+        final = ops.minimum(1.0 / n + epoch * (n - 1) * decay, 1.0 - (n - 1) * minimum)
+        annealed = non_final * (1.0 - last) + final * last
+        return ops.where(epoch < self.msl_epochs, annealed, last)
+
+    # --- the two functions of the contract ----------------------------------------------------
+
+    def task_loss(self, params, state, task):
+        adapted, bn, rates = self._split(params)
+        update = self._update_rule(rates)
+        epoch = ops.floor(ops.cast(task["iteration"], "float32") / float(self.iterations_per_epoch))
+        second_order = epoch > float(self.second_order_epoch)
+        weights = self._step_loss_weights(epoch)
+
+        def support_loss(fast, step):
+            outputs, statistics = self._forward(fast, bn, state, task["support_x"], step, training=True)
+            return self.objective.loss(outputs, task["support_y"]), [ops.stop_gradient(s) for s in statistics]
+
+        fast, new_state, loss = adapted, [], 0.0
+        for step in range(int(self.inner_steps)):
+            (_, statistics), grads = self.engine.value_and_grad(support_loss)(fast, step)
+            new_state.append(statistics)
+            grads = [ops.where(second_order, g, ops.stop_gradient(g)) for g in grads]
+            fast = update(fast, grads, step)
+            if self.multi_step_loss or step == int(self.inner_steps) - 1:
+                outputs, final_statistics = self._forward(fast, bn, state, task["query_x"], step + 1, training=True)
+                loss = loss + weights[step] * self.objective.loss(outputs, task["query_y"])
+        new_state.append([ops.stop_gradient(s) for s in final_statistics])
+        metrics = {self.objective.metric_name: self.objective.metric(outputs, task["query_y"])}
+        if not self.per_step_bn_statistics:
+            return loss, (metrics, state)
+        # Per variable, the statistics of steps 0..inner_steps stacked: [steps + 1, ...].
+        stacked = [ops.stack([per_step[j] for per_step in new_state]) for j in range(len(self._statistics))]
+        return loss, (metrics, stacked)
+
+    def task_eval(self, params, state, task, max_steps):
+        params = [ops.stop_gradient(p) for p in params]
+        adapted, bn, rates = self._split(params)
+        update = self._update_rule(rates)
+        batch_statistics = not self.per_step_bn_statistics  # transductive without BNRS, as in MAML
+
+        def support_loss(fast, step):
+            outputs, _ = self._forward(fast, bn, state, task["support_x"], step, training=batch_statistics)
+            return self.objective.loss(outputs, task["support_y"]), ()
+
+        fast, metrics, losses = adapted, [], []
+        for step in range(int(max_steps) + 1):
+            if step:
+                (_, _), grads = self.engine.value_and_grad(support_loss)(fast, step - 1)
+                fast = update(fast, inner.first_order(grads), step - 1)
+            outputs, _ = self._forward(fast, bn, state, task["query_x"], step, training=batch_statistics)
+            metrics.append(self.objective.metric(outputs, task["query_y"]))
+            losses.append(self.objective.loss(outputs, task["query_y"]))
+        return {"metric": ops.stack(metrics), "loss": ops.stack(losses), "predictions": outputs}
+
+    def notes(self):
+        switches = {
+            "MSL": self.multi_step_loss,
+            "DA": self.second_order_epoch >= 0,
+            "BNRS": self.per_step_bn_statistics,
+            "BNWB": self.per_step_bn_weights,
+            "LSLR": self.learned_inner_lr,
+        }
+        return {
+            "switches": ",".join(k for k, on in switches.items() if on) or "none",
+            "batch_norm": "per-step running statistics" if self.per_step_bn_statistics else "transductive (batch statistics at test time)",
+            "ensemble": "none (last checkpoint)",
+        }

@@ -1,0 +1,64 @@
+"""`metabench bench`: time MAML meta-iterations (the real code path) on random Omniglot-shaped data."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def register(commands) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="time MAML meta-iterations on random Omniglot-shaped data (compare with ../shared/bench/torch_maml_anchor.py)",
+    )
+    bench.add_argument("--backend", choices=["tensorflow", "jax"],
+                       help="engine to time (default: $KERAS_BACKEND, else tensorflow)")
+    bench.add_argument("--ways", type=int, default=5, help="classes per episode (default: 5)")
+    bench.add_argument("--shots", type=int, default=1, help="support examples per class (default: 1)")
+    bench.add_argument("--queries", type=int, default=15, help="query examples per class (default: 15)")
+    bench.add_argument("--meta-batch", type=int, default=32, help="tasks per meta-iteration (default: 32)")
+    bench.add_argument("--inner-steps", type=int, default=1, help="inner steps (default: 1)")
+    bench.add_argument("--inner-lr", type=float, default=0.4, help="inner step size (default: 0.4)")
+    bench.add_argument("--iters", type=int, default=10, help="timed meta-iterations after the compiled first one (default: 10)")
+    bench.add_argument("--first-order", action="store_true", help="first-order MAML (default: second order)")
+    bench.add_argument("--task-map", choices=["auto", "loop", "vectorized", "unrolled"], default="auto",
+                       help="how the engine maps the tasks of a meta-batch (default: auto: the TensorFlow engine "
+                            "loops, the JAX engine vectorizes; unrolled: JAX only)")
+    bench.add_argument("--parallel-tasks", type=int, default=1,
+                       help="TensorFlow: parallel_iterations of the task loop; JAX with --task-map loop or unrolled: tasks per chunk")
+    bench.add_argument("--xla", action="store_true", help="TensorFlow: compile with XLA (JAX always does)")
+    bench.add_argument("--host-data", action="store_true",
+                       help="hand the trainer NumPy arrays every iteration (host-to-device copy included), as the runner does")
+    bench.add_argument("--precision", choices=["default", "highest"], default="default",
+                       help="matmul/convolution precision: each backend's default (TF32 may be used on GPUs) or full float32")
+    bench.add_argument("--image-size", type=int, default=28, help="input side in pixels, 1 channel (default: 28)")
+    bench.add_argument("--filters", type=int, default=64, help="conv4 filters (default: 64)")
+    bench.add_argument("--json", action="store_true", help="print one JSON line (the peer's keys and more)")
+    bench.set_defaults(handler=_bench)
+
+
+def _bench(args) -> int:
+    # Before anything imports Keras: its backend is fixed at its first import.
+    backend = args.backend or os.environ.get("KERAS_BACKEND") or "tensorflow"
+    from metabench.harness.engines import select_backend
+
+    select_backend(backend)
+    from metabench.harness.bench import BenchError, format_table, run_bench
+
+    options = {"task_map": args.task_map, "parallel_tasks": args.parallel_tasks}
+    if args.xla:
+        options["xla"] = True
+    try:
+        result = run_bench(
+            backend,
+            ways=args.ways, shots=args.shots, queries=args.queries, meta_batch=args.meta_batch,
+            inner_steps=args.inner_steps, inner_lr=args.inner_lr, iters=args.iters, first_order=args.first_order,
+            image_size=args.image_size, filters=args.filters, host_data=args.host_data,
+            matmul_precision=args.precision, engine_options=options,
+        )
+    except BenchError as error:
+        print(f"metabench: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0

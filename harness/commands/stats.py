@@ -1,0 +1,140 @@
+"""`metabench stats TABLE.csv`: Demšar's across-settings analysis of any results table.
+
+Rows of the CSV are settings (or data sets), columns methods, the first column the row names
+(see :func:`metabench.harness.stats.read_results_table` for what a cell may hold). Prints the
+average ranks, Friedman's chi-square, the Iman-Davenport F, the Nemenyi critical difference and
+the pairwise Wilcoxon table (Holm-corrected); ``--json`` prints the same numbers as JSON;
+``--out DIR`` also writes ``stats.json``, ``stats.md`` and the critical-difference diagram
+(``cd_diagram.svg`` and ``.png``). Rows with missing cells are dropped with a warning. A malformed
+table is an error (exit status 2) that names the line, row or column to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def register(commands) -> None:
+    stats = commands.add_parser(
+        "stats",
+        help="average ranks, Friedman/Iman-Davenport, Nemenyi CD and pairwise Wilcoxon for a results CSV",
+        description=(
+            "Rank the methods (columns) of a results table over its rows (settings or data sets), as in "
+            "Demšar (2006): average ranks (ties averaged), Friedman chi-square and Iman-Davenport F, the "
+            "Nemenyi critical difference, and pairwise Wilcoxon signed-rank tests with Holm's correction "
+            "(Benavoli et al. 2016). The first column holds the row names; cells may be written 98.7, "
+            "98.7%% or 98.7 ± 0.4 (the ± is ignored); empty, NA, nan or - cells are missing, and rows "
+            "with a missing cell are dropped (a warning lists them)."
+        ),
+    )
+    stats.add_argument("table", metavar="TABLE.csv", help="rows = settings, columns = methods, first column = row names")
+    stats.add_argument("--lower-is-better", action="store_true", help="smaller scores are better (e.g. error, MSE)")
+    stats.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
+    stats.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+    stats.add_argument("--out", metavar="DIR", help="also write stats.json, stats.md and cd_diagram.svg/.png to DIR")
+    stats.set_defaults(handler=_stats)
+
+
+def _stats(args) -> int:
+    from metabench.harness.stats import StatsInputError, compare_across_settings, read_results_table
+
+    try:
+        if not 0.0 < args.alpha < 1.0:
+            raise StatsInputError(f"Received --alpha {args.alpha}; expected a significance level strictly between 0 and 1, e.g. 0.05.")
+        table = read_results_table(args.table)
+        result = compare_across_settings(table, lower_is_better=args.lower_is_better, alpha=args.alpha)
+    except StatsInputError as error:
+        print(f"metabench: error: {error}", file=sys.stderr)
+        return 2
+    payload = {"table": str(args.table), **result.as_dict(), "lower_is_better": bool(args.lower_is_better)}
+    if args.json:
+        print(json.dumps(payload, indent=2, allow_nan=False))
+    else:
+        _print_tables(result, args)
+    if args.out:
+        for path in _write(result, payload, Path(args.out), args):
+            print(path, file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _print_tables(result, args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from metabench.harness.report import across_pair_cells, across_summary_lines
+
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # no wrapping when piped
+    friedman = result.friedman
+    direction = "lower is better" if args.lower_is_better else "higher is better"
+    ranks = Table(title=f"Average ranks over {friedman.n} rows", caption=f"{direction}; 1 = best, ties averaged")
+    ranks.add_column("method")
+    ranks.add_column("average rank", justify="right")
+    for name, rank in result.average_ranks.items():
+        ranks.add_row(name, f"{rank:.3f}")
+    console.print(ranks)
+    summary = Table(title=f"Friedman / Iman-Davenport / Nemenyi (k = {friedman.k}, N = {friedman.n}, alpha = {result.alpha:g})")
+    summary.add_column("statistic")
+    summary.add_column("value", justify="right")
+    summary.add_column("p", justify="right")
+    summary.add_row(f"Friedman chi-square (df = {friedman.k - 1})", f"{friedman.statistic:.4f}", _p(friedman.pvalue))
+    ff = "inf" if math.isinf(friedman.iman_davenport_F) else f"{friedman.iman_davenport_F:.4f}"
+    summary.add_row(f"Iman-Davenport F_F (df = {friedman.k - 1}, {(friedman.k - 1) * (friedman.n - 1)})", ff,
+                    _p(friedman.iman_davenport_pvalue))  # fmt: skip
+    summary.add_row("Nemenyi q_alpha", f"{result.q_alpha:.4f}", "")
+    summary.add_row("Nemenyi critical difference CD", f"{result.cd:.4f}", "")
+    console.print(summary)
+    for line in across_summary_lines(result)[3:]:
+        console.print(line)
+    pairs = Table(title="Pairwise: Nemenyi on average ranks; Wilcoxon signed-rank over rows, Holm-corrected")
+    for column in ("A", "B", "rank difference", "Nemenyi", "wins / ties / losses of A", "Wilcoxon p (Holm)", "result"):
+        pairs.add_column(column, justify="right" if column in ("rank difference", "Wilcoxon p (Holm)") else "left")
+    for pair in result.pairwise.to_dict("records"):
+        pairs.add_row(*across_pair_cells(pair, result.alpha))
+    console.print(pairs)
+    for note in result.notes:
+        console.print(f"Note: {note}")
+
+
+def _write(result, payload: dict, out: Path, args) -> list[Path]:
+    from tabulate import tabulate
+
+    from metabench.harness.figures import cd_diagram, save_figure
+    from metabench.harness.report import ACROSS_PAIR_HEADERS, across_pair_cells, across_summary_lines
+
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "stats.json"
+    json_path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    md = [
+        f"# Ranks across settings: {_md(Path(args.table).name)}\n",
+        (
+            f"{result.friedman.k} methods over {result.friedman.n} rows, "
+            f"{'lower' if args.lower_is_better else 'higher'} is better, alpha = {result.alpha:g} "
+            "(Demšar 2006; pairwise Wilcoxon with Holm, Benavoli et al. 2016).\n"
+        ),
+        tabulate([[_md(n), f"{r:.3f}"] for n, r in result.average_ranks.items()], headers=["method", "average rank"],
+                 tablefmt="github", disable_numparse=True),
+        "",
+        *(f"- {_md(line)}" for line in across_summary_lines(result)),
+        *(f"- Note: {_md(note)}" for note in result.notes),
+        "",
+        tabulate([[_md(c) for c in across_pair_cells(p, result.alpha)] for p in result.pairwise.to_dict("records")],
+                 headers=ACROSS_PAIR_HEADERS, tablefmt="github", disable_numparse=True),
+        "",
+        "![critical-difference diagram](cd_diagram.svg)",
+    ]
+    md_path = out / "stats.md"
+    md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    title = f"Average ranks over {result.friedman.n} rows (CD at alpha = {result.alpha:g})"
+    figures = save_figure(cd_diagram(result.average_ranks, result.cd, groups=result.groups, title=title), out / "cd_diagram")
+    return [json_path, md_path, *figures]
+
+
+def _p(p: float) -> str:
+    return "-" if not math.isfinite(p) else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
+
+
+def _md(text: object) -> str:
+    return " ".join(str(text).split("\n")).replace("|", "\\|")

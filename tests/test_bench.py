@@ -1,0 +1,64 @@
+"""`metabench bench`: two timed iterations of the real MAML path on a tiny setting, on both engines."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from metabench.harness.bench import PEER_KEYS, BenchError, run_bench
+from metabench.harness.commands import bench as bench_command
+
+TINY = ["--ways", "2", "--shots", "1", "--queries", "2", "--meta-batch", "2", "--inner-steps", "1",
+        "--iters", "2", "--image-size", "8", "--filters", "4", "--json"]
+EXTRA_KEYS = ("backend", "inner_lr", "first_order", "iters", "loss", "rss_before_mib", "peak_rss_mib", "device_peak_mib")
+
+
+def _bench_main(argv) -> int:
+    """`metabench bench ARGS` through the command module that `harness.cli` registers."""
+    parser = argparse.ArgumentParser(prog="metabench")
+    bench_command.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def _check(result: dict, backend: str) -> None:
+    assert set(PEER_KEYS) | set(EXTRA_KEYS) <= set(result)
+    assert result["backend"] == backend and result["impl"].startswith(f"metabench-maml-{backend}-")
+    assert (result["ways"], result["shots"], result["queries"], result["meta_batch"], result["inner_steps"]) == (2, 1, 2, 2, 1)
+    for key in ("first_iter_s", "ms_per_meta_iter", "meta_iters_per_s", "peak_rss_mib", "loss"):
+        assert result[key] > 0, key
+    assert result["peak_rss_mib"] >= result["rss_before_mib"] > 0
+    assert result["device_peak_mib"] is None  # CPU: neither backend reports device memory
+    assert result["ms_per_meta_iter"] == pytest.approx(1000 / result["meta_iters_per_s"], rel=0.01)
+
+
+def test_bench_json_on_tensorflow(capsys):
+    assert _bench_main(["bench", "--backend", "tensorflow", *TINY]) == 0
+    _check(json.loads(capsys.readouterr().out.strip().splitlines()[-1]), "tensorflow")
+
+
+def test_bench_json_on_jax():
+    pytest.importorskip("jax")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_bench; "
+            "sys.exit(test_bench._bench_main(sys.argv[2:]))")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    done = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__), "bench", "--backend", "jax", *TINY],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _check(json.loads(done.stdout.strip().splitlines()[-1]), "jax")
+
+
+def test_bench_runs_the_tensorflow_vectorized_task_map_and_first_order():
+    result = run_bench("tensorflow", ways=2, shots=1, queries=1, meta_batch=2, iters=1, image_size=8, filters=2,
+                       first_order=True, engine_options={"task_map": "vectorized"})
+    assert result["impl"] == "metabench-maml-tensorflow-vectorized" and result["first_order"] is True
+
+
+def test_bench_refuses_a_bad_setting_by_name(capsys):
+    with pytest.raises(BenchError, match=r"Received meta_batch=0; expected an integer >= 1"):
+        run_bench("tensorflow", meta_batch=0)
+    assert _bench_main(["bench", "--ways", "1", "--json"]) == 2
+    assert "metabench: error: Received ways=1; expected an integer >= 2." in capsys.readouterr().err

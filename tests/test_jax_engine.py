@@ -1,0 +1,141 @@
+"""The JAX engine: runs where TensorFlow is not installed, learns, and gives nestable gradients.
+
+Keras picks its backend once per process, so everything JAX runs in subprocesses. There a meta-path
+finder hides TensorFlow from imports, as on the GPU machine, where it is not installed at all.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from metabench.harness.engines import EngineError
+
+pytest.importorskip("jax")
+
+#: Prepended to every subprocess: ``import tensorflow`` (or any submodule) raises ImportError.
+HIDE_TENSORFLOW = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class _NoTensorFlow(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "tensorflow" or name.startswith("tensorflow."):
+                raise ImportError(f"No module named {name!r} (hidden by the test)")
+            return None
+
+    sys.meta_path.insert(0, _NoTensorFlow())
+    """
+)
+
+
+def _run_jax(code: str, *, keras_backend: str | None = "jax", timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env.update({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"})
+    if keras_backend:
+        env["KERAS_BACKEND"] = keras_backend
+    return subprocess.run([sys.executable, "-c", HIDE_TENSORFLOW + textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _last_json(stdout: str) -> dict:
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+
+
+QUICKSTART = """
+    import json, sys
+    from metabench.harness.cli import main
+    from metabench.harness.store import ResultsStore
+
+    code = main(["run", "quickstart", "--backend", "jax", "--store", STORE, "--json", "--no-progress", "--quiet",
+                 "--set", "train.meta_iterations=50", "--set", "evaluation.episodes=20"])
+    assert code == 0, code
+    with ResultsStore(STORE) as results:
+        runs = results.runs()
+    leaked = sorted(name for name in sys.modules if name == "tensorflow" or name.startswith("tensorflow."))
+    print(json.dumps({"backend": runs.iloc[0].backend, "status": runs.iloc[0].status, "device": runs.iloc[0].device,
+                      "tensorflow_modules": leaked}))
+"""
+
+
+def test_quickstart_meta_trains_and_evaluates_with_tensorflow_hidden(tmp_path):
+    done = _run_jax(QUICKSTART.replace("STORE", repr(str(tmp_path / "results.sqlite"))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    summary, facts = json.loads(lines[-2]), json.loads(lines[-1])
+    assert summary["metric"] == "mse" and summary["episodes"] == 20 and summary["mean"] > 0 and summary["ci95"] > 0
+    assert facts == {"backend": "jax", "status": "completed", "device": "CPU", "tensorflow_modules": []}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="`metabench run` loads the config (whose validation imports the algorithms, hence Keras) before "
+    "the runner selects the backend, so without KERAS_BACKEND=jax Keras starts on TensorFlow. Fixed by "
+    "selecting the backend in harness/commands/run.py before load_config.",
+)
+def test_backend_flag_alone_selects_jax_before_keras_starts(tmp_path):
+    done = _run_jax(QUICKSTART.replace("STORE", repr(str(tmp_path / "results.sqlite"))), keras_backend=None)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_engine_grads_nest_and_map_tasks_in_every_mode():
+    done = _run_jax(
+        """
+        import json
+        import jax, jax.numpy as jnp, numpy as np
+        from metabench.harness.engines import get_engine
+
+        def loss(params, x):
+            return jnp.sum(jnp.sin(params[0] * x) * params[1]), ()
+
+        engine = get_engine("jax")
+        value_and_grad = engine.value_and_grad(loss)
+        # d/dw of (d/dw sum(sin(w x) b)) = -sum(x^2 sin(w x) b): the engine's gradient is differentiable.
+        second = jax.grad(lambda w: value_and_grad([w, jnp.float32(2.0)], jnp.arange(3.0))[1][0])(jnp.float32(0.5))
+        x = np.arange(3.0)
+        expected = float(-np.sum(x**2 * np.sin(0.5 * x) * 2.0))
+        batch = {"x": jnp.arange(10.0).reshape(5, 2)}
+        mapped = {}
+        for mode, chunk in (("vectorized", 1), ("loop", 2), ("unrolled", 2), ("unrolled", 1)):
+            engine = get_engine("jax", task_map=mode, parallel_tasks=chunk)
+            out = jax.jit(lambda b: engine.map_tasks(lambda task: {"s": jnp.sum(task["x"] ** 2)}, b))(batch)
+            mapped[f"{mode}-{chunk}"] = np.asarray(out["s"]).tolist()
+        print(json.dumps({"second": float(second), "expected": expected, "mapped": mapped}))
+        """
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    facts = _last_json(done.stdout)
+    assert facts["second"] == pytest.approx(facts["expected"], rel=1e-5)
+    expected = [1.0, 13.0, 41.0, 85.0, 145.0]
+    assert all(values == expected for values in facts["mapped"].values()), facts["mapped"]
+
+
+def test_jax_engine_refuses_bad_options_by_name():
+    done = _run_jax(
+        """
+        from metabench.harness.engines import EngineError, get_engine
+        for options in ({"task_map": "vmap"}, {"parallel_tasks": 0}):
+            try:
+                get_engine("jax", **options)
+            except EngineError as error:
+                print(error)
+        """
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert "Received task_map='vmap'; expected one of ['auto', 'vectorized', 'loop', 'unrolled']" in lines[0]
+    assert "Received parallel_tasks=0; expected a positive integer" in lines[1]
+
+
+def test_switching_backend_in_a_running_process_is_refused():
+    # This process runs Keras on TensorFlow (tests/conftest.py); JAX needs a process of its own.
+    import keras
+
+    from metabench.harness.engines import get_engine
+
+    assert keras.backend.backend() == "tensorflow"
+    with pytest.raises(EngineError, match="cannot switch to 'jax' in the same process. Set KERAS_BACKEND=jax"):
+        get_engine("jax")
