@@ -3,6 +3,26 @@
 from __future__ import annotations
 
 import keras
+from keras import ops
+
+
+class BatchNorm(keras.layers.BatchNormalization):
+    """Batch normalization whose batch moments are differentiable to any order on every backend.
+
+    Keras's TensorFlow backend takes moments with ``tf.nn.moments``, which stops the gradient of
+    the mean inside the variance: first derivatives are still exact (the variance is stationary
+    in the mean), but second derivatives are not, so second-order MAML's meta-gradient through
+    batch statistics would be wrong on TensorFlow and right on JAX. This layer computes the same
+    moments with ``keras.ops`` and nothing stopped.
+    """
+
+    def _moments(self, inputs, mask):
+        if mask is not None:
+            return super()._moments(inputs, mask)
+        axes = self._reduction_axes
+        mean = ops.mean(inputs, axis=axes, keepdims=True)
+        variance = ops.mean(ops.square(inputs - mean), axis=axes)
+        return ops.squeeze(mean, axis=axes), variance
 
 
 def conv4(
@@ -24,7 +44,7 @@ def conv4(
     for _ in range(4):
         x = keras.layers.Conv2D(filters, 3, strides=2 if strided else 1, padding="same")(x)
         if batch_norm:
-            x = keras.layers.BatchNormalization(momentum=bn_momentum)(x)
+            x = BatchNorm(momentum=bn_momentum)(x)
         x = keras.layers.ReLU()(x)
         if not strided:
             x = keras.layers.MaxPooling2D(2)(x)

@@ -23,8 +23,9 @@
 # Knobs (environment): PYTHON (python3), PEER_PYTHON ($PYTHON), BUDGET_S (270: no variant starts
 # later), ITERS_A (100), ITERS_B (30), SKIP_PEER=1 (metabench only), SETTING_A / SETTING_B (bench
 # flags), PEER_COMPILE (reduce-overhead; empty: the eager peer). A CPU smoke test of this script:
-#   PEER_PYTHON=/tmp/torch-venv/bin/python PEER_COMPILE= ITERS_A=2 ITERS_B=2 SETTING_A="--ways 2 \
-#   --queries 2 --meta-batch 2 --filters 8" SETTING_B="$SETTING_A --inner-steps 2" bash docs/device_bench.sh none
+#   PEER_PYTHON=/tmp/torch-venv/bin/python PEER_COMPILE= ITERS_A=2 ITERS_B=2 \
+#   SETTING_A="--ways 2 --queries 2 --meta-batch 2" SETTING_B="--ways 2 --queries 2 --meta-batch 2 \
+#   --inner-steps 2" bash docs/device_bench.sh none
 set -uo pipefail
 
 WHEELS=${1:-.devbench}
@@ -62,14 +63,28 @@ peer() {  # label, timeout, args...
   local label=$1 limit=$2; shift 2
   [ "${SKIP_PEER:-0}" = 1 ] && return
   echo "== $label (${SECONDS}s)"
-  timeout "$limit" "$PEER_PYTHON" "$PEER" "$@" 2>/dev/null | grep '^{' | tail -1 |
-    "$PYTHON" -c "import json,sys; r=json.loads(sys.stdin.read()); r['label']='$label'; print(json.dumps(r))" | tee -a "$LOG"
+  timeout "$limit" "$PEER_PYTHON" "$PEER" "$@" 2>/dev/null | label "$label"
+}
+
+label() {  # the last JSON line on stdin, tagged with $1, to stdout and $LOG; a note when there is none
+  grep '^{' | tail -1 | "$PYTHON" -c '
+import json, sys
+text = sys.stdin.read().strip()
+if not text:
+    print(f"== {sys.argv[1]}: no result (failed or timed out)")
+    sys.exit()
+result = json.loads(text)
+result["label"] = sys.argv[1]
+line = json.dumps(result)
+print(line)
+open(sys.argv[2], "a").write(line + "\n")
+' "$1" "$LOG"
 }
 
 ours() {  # label, timeout, args...
   local label=$1 limit=$2; shift 2
   echo "== $label (${SECONDS}s)"
-  timeout "$limit" "$PYTHON" - "$@" <<'EOF' 2>/dev/null | grep '^{' | tail -1 |
+  timeout "$limit" "$PYTHON" - "$@" <<'EOF' 2>/dev/null |
 import argparse, sys
 from metabench.harness.commands import bench  # the module `metabench bench` runs
 parser = argparse.ArgumentParser(prog="metabench")
@@ -77,7 +92,7 @@ bench.register(parser.add_subparsers(dest="command", required=True))
 args = parser.parse_args(["bench", "--backend", "jax", "--json", *sys.argv[1:]])
 sys.exit(args.handler(args))
 EOF
-    "$PYTHON" -c "import json,sys; r=json.loads(sys.stdin.read()); r['label']='$label'; print(json.dumps(r))" | tee -a "$LOG"
+    label "$label"
 }
 
 peer A-peer 120 $SETTING_A --iters "$ITERS_A" $COMPILE_ARGS

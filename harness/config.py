@@ -101,6 +101,16 @@ def read_config_text(source: str) -> tuple[str, str]:
 
 def load_config(source: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Read, override and validate a config; returns the resolved config with every default filled in."""
+    raw, origin = read_raw_config(source, overrides)
+    return resolve_config(raw, origin)
+
+
+def read_raw_config(source: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, str]:
+    """The parsed TOML of ``source`` with ``overrides`` applied, not yet validated; and its origin.
+
+    Validation imports the registered components (hence Keras), so a caller that must pick the
+    Keras backend first reads ``raw["backend"]`` here, selects it, then calls ``resolve_config``.
+    """
     text, origin = read_config_text(source)
     try:
         raw = tomllib.loads(text)
@@ -108,7 +118,7 @@ def load_config(source: str, overrides: list[str] | tuple[str, ...] = ()) -> dic
         raise ConfigError(f"Malformed TOML in {origin}: {error}. Fix the file's syntax.") from error
     for override in overrides:
         apply_override(raw, override)
-    return resolve_config(raw, origin)
+    return raw, origin
 
 
 def parse_value(text: str):

@@ -298,7 +298,9 @@ def _evaluate(evaluator, eval_set, prepared, config, algorithm) -> Evaluation:
 
 
 def _has_batch_norm(model) -> bool:
-    return any("batch_normalization" in layer.name or type(layer).__name__ == "BatchNormalization" for layer in model.layers)
+    import keras
+
+    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
 
 
 def library_versions() -> dict:
