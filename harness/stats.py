@@ -14,6 +14,8 @@ Within one setting (one evaluation episode set, i.e. one fingerprint):
 * :func:`paired_comparison`, :func:`pairwise_comparisons`, :func:`holm`: paired tests on
   identical episodes (mean difference with its CI, Wilcoxon signed-rank, paired t, Cohen's d_z),
   Holm-corrected across pairs.
+* :func:`paired_one_sided`, :func:`tost_paired`: a one-sided paired t-test against a margin, and
+  the two one-sided tests (TOST) of equivalence within +/- a margin (what ``metabench check`` uses).
 
 Across settings (Demšar 2006, "Statistical comparisons of classifiers over multiple data sets",
 JMLR 7:1-30; Benavoli, Corani & Mangili 2016, JMLR 17(5)):
@@ -45,8 +47,10 @@ from scipy import stats as _scipy_stats
 __all__ = [
     "NEMENYI_Q",
     "AcrossSettings",
+    "EquivalenceTest",
     "FriedmanResult",
     "MeanCI",
+    "OneSidedTest",
     "PairRow",
     "PairedComparison",
     "SeedSummary",
@@ -60,10 +64,12 @@ __all__ = [
     "nemenyi_groups",
     "nemenyi_q",
     "paired_comparison",
+    "paired_one_sided",
     "pairwise_comparisons",
     "rank_rows",
     "read_results_table",
     "seed_summary",
+    "tost_paired",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -507,6 +513,209 @@ def _pairwise_comparisons_iv(scores, alpha) -> tuple[list[str], list[np.ndarray]
             f"{sizes}. Align them on the shared items first."
         )
     return names, arrays
+
+
+# ---------------------------------------------------------------------------------------------
+# One-sided and equivalence tests on paired values (regression gates)
+# ---------------------------------------------------------------------------------------------
+
+
+class OneSidedTest(NamedTuple):
+    """A one-sided paired t-test of the mean difference ``mean(a - b)`` against ``margin``.
+
+    Attributes:
+        n: number of pairs.
+        mean_difference: mean of ``d = a - b``, in the values' unit.
+        std_difference: standard deviation of ``d`` with ddof 1 (NaN for one pair).
+        margin: the null value of the mean difference, in the values' unit.
+        alternative: ``"greater"`` (H1: ``mean(d) > margin``) or ``"less"`` (H1: ``mean(d) < margin``).
+        statistic: ``(mean(d) - margin) / (std(d) / sqrt(n))``, +/-inf when ``std(d)`` is 0.
+        pvalue: one-sided p-value (``n - 1`` degrees of freedom); NaN for one pair.
+        note: why a value is NaN or special-cased, else ``""``.
+    """
+
+    n: int
+    mean_difference: float
+    std_difference: float
+    margin: float
+    alternative: str
+    statistic: float
+    pvalue: float
+    note: str
+
+
+ALTERNATIVES = ("greater", "less")
+"""Accepted ``alternative`` values of :func:`paired_one_sided`."""
+
+
+def paired_one_sided(a, b, *, alternative: str, margin: float = 0.0) -> OneSidedTest:
+    """One-sided paired t-test: is ``mean(a - b)`` greater (or less) than ``margin``?
+
+    The test of ``scipy.stats.ttest_1samp(a - b, margin, alternative=...)``, with the degenerate
+    cases decided here: when every difference is equal (``std(d) = 0``, e.g. two bit-for-bit
+    identical runs), the p-value is 0 if ``mean(d)`` lies strictly on the alternative's side of
+    ``margin`` and 1 otherwise; with one pair no test is possible and the p-value is NaN.
+
+    Args:
+        a, b: 1-D array-likes ``[n]`` of finite values, item ``i`` the same in both (same episode).
+        alternative: ``"greater"`` (H1: ``mean(a - b) > margin``) or ``"less"``.
+        margin: finite null value of the mean difference, in the values' unit (0: no difference).
+
+    Returns:
+        OneSidedTest.
+
+    Raises:
+        ValueError: the arrays are empty, not 1-D, of different lengths, or hold NaN/infinity;
+            ``alternative`` or ``margin`` is invalid.
+
+    Example::
+
+        >>> r = paired_one_sided([0.8, 0.9, 0.7, 0.9], [0.6, 0.8, 0.7, 0.6], alternative="greater")
+        >>> round(r.statistic, 4), round(r.pvalue, 4)
+        (2.3238, 0.0514)
+    """
+    a_arr, b_arr = _paired_one_sided_iv(a, b, alternative, margin, "paired_one_sided")
+    return _one_sided(a_arr - b_arr, alternative, float(margin))
+
+
+def _one_sided(d: np.ndarray, alternative: str, margin: float) -> OneSidedTest:
+    n = int(d.size)
+    mean = float(d.mean())
+    if n < 2:
+        return OneSidedTest(n, mean, math.nan, margin, alternative, math.nan, math.nan,
+                            "one pair only: no test is possible")  # fmt: skip
+    std = float(np.std(d, ddof=1))
+    beyond = mean > margin if alternative == "greater" else mean < margin
+    if std == 0.0 or not np.any(d - d[0]):
+        if mean == margin:
+            statistic = 0.0
+        else:
+            statistic = math.copysign(math.inf, mean - margin)
+        return OneSidedTest(n, mean, 0.0, margin, alternative, statistic, 0.0 if beyond else 1.0,
+                            "all differences are equal: std 0, p-value 0 or 1")  # fmt: skip
+    statistic = (mean - margin) / (std / math.sqrt(n))
+    if alternative == "greater":
+        pvalue = float(_scipy_stats.t.sf(statistic, df=n - 1))
+    else:
+        pvalue = float(_scipy_stats.t.cdf(statistic, df=n - 1))
+    return OneSidedTest(n, mean, std, margin, alternative, float(statistic), pvalue, "")
+
+
+def _paired_one_sided_iv(a, b, alternative, margin, function: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the inputs of the one-sided tests; returns two float64 arrays ``[n]``."""
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"{function}: received alternative={alternative!r}; expected one of {ALTERNATIVES}.")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float, np.floating, np.integer)) or not math.isfinite(margin):
+        raise ValueError(f"{function}: received margin={margin!r}; expected a finite number in the values' unit (0: no difference).")
+    return _paired_arrays(a, b, function)
+
+
+def _paired_arrays(a, b, function: str) -> tuple[np.ndarray, np.ndarray]:
+    arrays = []
+    for name, values in (("a", a), ("b", b)):
+        array = _as_float_array(values, function, name)
+        if array.ndim != 1 or array.size == 0:
+            raise ValueError(
+                f"{function}: received {name} of shape {array.shape}; expected a non-empty 1-D array "
+                "[n] of per-item values."
+            )
+        _require_finite(array, function, name)
+        arrays.append(array)
+    if arrays[0].size != arrays[1].size:
+        raise ValueError(
+            f"{function}: received a with {arrays[0].size} values and b with {arrays[1].size}; paired "
+            "values must cover the same items (same episode fingerprint). Align them first."
+        )
+    return arrays[0], arrays[1]
+
+
+class EquivalenceTest(NamedTuple):
+    """Two one-sided paired t-tests (TOST) of ``-margin < mean(a - b) < margin``.
+
+    Attributes:
+        n: number of pairs.
+        mean_difference: mean of ``d = a - b``, in the values' unit.
+        margin: the equivalence margin (positive), in the values' unit.
+        ci_low, ci_high: the ``1 - 2 alpha`` Student-t CI of the mean difference (90% for alpha
+            0.05); equivalence at ``alpha`` holds exactly when it lies inside ``(-margin, margin)``.
+        confidence: ``1 - 2 alpha``.
+        pvalue_lower: p-value of H0 ``mean(d) <= -margin`` against ``> -margin``.
+        pvalue_upper: p-value of H0 ``mean(d) >= margin`` against ``< margin``.
+        pvalue: ``max(pvalue_lower, pvalue_upper)``, the TOST p-value (NaN for one pair).
+        alpha: the significance level of each one-sided test.
+        equivalent: ``pvalue <= alpha`` (False when no test was possible).
+        note: why a value is NaN or special-cased, else ``""``.
+    """
+
+    n: int
+    mean_difference: float
+    margin: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    pvalue_lower: float
+    pvalue_upper: float
+    pvalue: float
+    alpha: float
+    equivalent: bool
+    note: str
+
+
+def tost_paired(a, b, margin: float, *, alpha: float = 0.05) -> EquivalenceTest:
+    """Equivalence of two methods on identical items by two one-sided paired t-tests (Schuirmann 1987).
+
+    "No change" is shown, not assumed: the methods are called equivalent within ``margin`` only
+    when both ``mean(a - b) > -margin`` and ``mean(a - b) < margin`` are significant at
+    ``alpha``, i.e. when the ``1 - 2 alpha`` CI of the mean difference lies inside
+    ``(-margin, margin)``. Several settings that must all be equivalent need no multiplicity
+    correction (an intersection-union test). Degenerate cases as :func:`paired_one_sided`: two
+    bit-for-bit identical methods (every difference 0) are equivalent for any positive margin.
+
+    Args:
+        a, b: 1-D array-likes ``[n]`` of finite values, item ``i`` the same in both.
+        margin: positive equivalence margin, in the values' unit.
+        alpha: level of each one-sided test, strictly between 0 and 0.5.
+
+    Returns:
+        EquivalenceTest.
+
+    Raises:
+        ValueError: invalid arrays (as :func:`paired_one_sided`), a margin that is not a positive
+            finite number, or ``alpha`` outside (0, 0.5).
+
+    Example::
+
+        >>> r = tost_paired([0.80, 0.91, 0.70, 0.90], [0.80, 0.90, 0.71, 0.90], 0.05)
+        >>> r.equivalent, round(r.pvalue, 4)
+        (True, 0.0006)
+    """
+    a_arr, b_arr = _tost_paired_iv(a, b, margin, alpha)
+    d = a_arr - b_arr
+    margin = float(margin)
+    lower = _one_sided(d, "greater", -margin)
+    upper = _one_sided(d, "less", margin)
+    n, mean = int(d.size), float(d.mean())
+    confidence = 1.0 - 2.0 * alpha
+    if n < 2:
+        return EquivalenceTest(n, mean, margin, math.nan, math.nan, confidence, math.nan, math.nan, math.nan,
+                               float(alpha), False, "one pair only: no test or CI is possible")  # fmt: skip
+    half = float(_scipy_stats.t.ppf(1.0 - alpha, df=n - 1)) * lower.std_difference / math.sqrt(n)
+    pvalue = max(lower.pvalue, upper.pvalue)
+    note = lower.note or upper.note
+    return EquivalenceTest(n, mean, margin, mean - half, mean + half, confidence, lower.pvalue, upper.pvalue,
+                           pvalue, float(alpha), bool(pvalue <= alpha), note)  # fmt: skip
+
+
+def _tost_paired_iv(a, b, margin, alpha) -> tuple[np.ndarray, np.ndarray]:
+    """Validate :func:`tost_paired`'s inputs; returns two float64 arrays ``[n]``."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float, np.floating, np.integer)) or not (math.isfinite(margin) and margin > 0):
+        raise ValueError(
+            f"tost_paired: received margin={margin!r}; expected a positive finite number in the values' "
+            "unit (the largest difference that still counts as no change)."
+        )
+    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and 0.0 < alpha < 0.5):
+        raise ValueError(f"tost_paired: received alpha={alpha!r}; expected a significance level strictly between 0 and 0.5, e.g. 0.05.")
+    return _paired_arrays(a, b, "tost_paired")
 
 
 # ---------------------------------------------------------------------------------------------

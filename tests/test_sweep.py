@@ -1,0 +1,116 @@
+"""Sweeps: idempotent, resumable after a kill, and the same results from the local and Ray executors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from metabench.harness.cli import main
+from metabench.harness.store import ResultsStore
+from metabench.harness.sweep import SweepError, load_sweep
+
+TINY = """
+base = "quickstart"
+seeds = [0, 1]
+
+[set]
+"train.meta_iterations" = 30
+"evaluation.episodes" = 20
+"engine.deterministic" = true
+
+[algorithms.maml]
+name = "maml"
+inner_lr = 0.01
+
+[algorithms.pretrain]
+name = "pretrain"
+finetune_lr = 0.01
+"""
+
+
+@pytest.fixture
+def sweep_file(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def _sweep(path, store, *extra):
+    return main(["sweep", str(path), "--store", str(store), "--no-report", "--quiet", *extra])
+
+
+def _completed(store):
+    with ResultsStore(store) as results:
+        runs = results.runs(status="completed")
+        metrics = results.episode_metrics()
+    return runs, metrics
+
+
+def test_expansion_is_algorithms_by_seeds_with_distinct_hashes(sweep_file):
+    runs = load_sweep(sweep_file)
+    assert [r.label for r in runs] == ["maml, seed 0", "maml, seed 1", "pretrain, seed 0", "pretrain, seed 1"]
+    assert len({r.config_hash for r in runs}) == 4
+    assert runs[2].config["algorithm"] == {"name": "pretrain", "finetune_lr": 0.01, "finetune": "all",
+                                            "momentum": 0.0, "weight_decay": 0.0, "scale": 0.0, "head_seed": 0}
+    assert all(r.config["train"]["meta_iterations"] == 30 for r in runs)
+
+
+def test_a_bad_sweep_file_names_the_problem(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('base = "quickstart"\nseedz = [1]\n')
+    with pytest.raises(SweepError, match="Unknown key 'seedz'"):
+        load_sweep(path)
+    path.write_text('base = "quickstart"\n[algorithms.x]\nname = "maml"\ninner_rate = 1\n')
+    with pytest.raises(SweepError, match="inner_rate"):
+        load_sweep(path)
+
+
+def test_running_a_sweep_twice_runs_nothing_the_second_time(sweep_file, tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    assert _sweep(sweep_file, store, "--json") == 0
+    assert capsys.readouterr().out.strip().endswith('{"skipped": 0, "completed": 4, "failed": 0}')
+    assert _sweep(sweep_file, store, "--json") == 0
+    assert capsys.readouterr().out.strip().endswith('{"skipped": 4, "completed": 0, "failed": 0}')
+    runs, _ = _completed(store)
+    assert len(runs) == 4 and runs.config_hash.nunique() == 4
+
+
+def test_a_killed_sweep_finishes_exactly_the_missing_runs(sweep_file, tmp_path):
+    store = tmp_path / "s.sqlite"
+    command = [sys.executable, "-m", "metabench.harness.cli", "sweep", str(sweep_file), "--store", str(store), "--no-report", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if store.exists() and len(_completed(store)[0]) >= 1:
+                break
+            if process.poll() is not None:
+                pytest.fail("the sweep ended before it could be killed")
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    before = len(_completed(store)[0])
+    assert 1 <= before < 4
+    assert _sweep(sweep_file, store) == 0
+    runs, _ = _completed(store)
+    assert len(runs) == 4 and runs.config_hash.nunique() == 4  # each config exactly once
+
+
+def test_ray_executor_gives_the_local_results(sweep_file, tmp_path):
+    pytest.importorskip("ray")
+    local, remote = tmp_path / "local.sqlite", tmp_path / "ray.sqlite"
+    assert _sweep(sweep_file, local) == 0
+    assert _sweep(sweep_file, remote, "--executor", "ray", "--workers", "2") == 0
+    (local_runs, local_metrics), (ray_runs, ray_metrics) = _completed(local), _completed(remote)
+    assert set(local_runs.config_hash) == set(ray_runs.config_hash)
+    key = ["config_hash", "shots", "inner_steps", "episode"]
+    left = local_metrics.sort_values(key)[key + ["value"]].reset_index(drop=True)
+    right = ray_metrics.sort_values(key)[key + ["value"]].reset_index(drop=True)
+    assert len(left) == len(right) > 0
+    np.testing.assert_array_equal(left[key].to_numpy(), right[key].to_numpy())
+    np.testing.assert_allclose(left.value.to_numpy(), right.value.to_numpy(), rtol=0, atol=0)
