@@ -69,13 +69,27 @@ class RunOutcome:
     error: str | None = None
 
 
+SHIPPED_SWEEPS = "metabench.harness.sweeps"
+
+
+def shipped_sweeps() -> list[str]:
+    """Names of the sweeps that ship with metabench (``metabench sweep NAME``)."""
+    from importlib import resources
+
+    return sorted(item.name[:-5] for item in resources.files(SHIPPED_SWEEPS).iterdir() if item.name.endswith(".toml"))
+
+
 def load_sweep(path: str | os.PathLike) -> list[PlannedRun]:
-    """Expand a sweep file into its runs (validated configs), in a stable order."""
+    """Expand a sweep file (or a shipped sweep's name) into its runs (validated configs), in a stable order."""
+    if not Path(path).exists() and str(path) in shipped_sweeps():
+        from importlib import resources
+
+        path = resources.files(SHIPPED_SWEEPS).joinpath(f"{path}.toml")
     path = Path(path)
     try:
         sweep = tomllib.loads(path.read_text())
     except FileNotFoundError as error:
-        raise SweepError(f"No sweep file {str(path)!r}.") from error
+        raise SweepError(f"No sweep file {str(path)!r}; shipped sweeps: {shipped_sweeps()}.") from error
     except tomllib.TOMLDecodeError as error:
         raise SweepError(f"Malformed TOML in sweep file {str(path)!r}: {error}.") from error
     unknown = sorted(set(sweep) - SWEEP_KEYS)
