@@ -20,8 +20,12 @@ class MAMLPlusPlus(Algorithm):
        the epoch exceeds this value, second order after; ``-1`` (the released configs) is second
        order from the start.
     3. ``per_step_bn_statistics`` (BNRS): one set of batch-norm running statistics per inner step,
-       updated during meta-training and used at evaluation time (the reference code never used
-       them at test time; here they are, so evaluation is not transductive).
+       updated during meta-training and, with ``test_statistics="running"`` (the default), used
+       at evaluation time, so evaluation is not transductive. The reference code never used them
+       at test time: ``test_statistics="batch"`` reproduces that (batch statistics of each test
+       batch, transductive; the report's notes say so). Measured here on Omniglot 5-way 1-shot
+       after 600 meta-iterations: 20.0% with running statistics, against 71% transductive
+       after 200, because the network learns to rely on the statistics of 5-image batches.
     4. ``per_step_bn_weights`` (BNWB): one batch-norm scale and offset per inner step, meta-learned
        and not adapted in the inner loop.
     5. ``learned_inner_lr`` (LSLR): one inner learning rate per parameter tensor and step,
@@ -52,8 +56,11 @@ class MAMLPlusPlus(Algorithm):
         per_step_bn_weights=True,
         learned_inner_lr=True,
         iterations_per_epoch=500,
+        test_statistics="running",
     ):
         super().__init__()
+        if test_statistics not in ("running", "batch"):
+            raise ValueError(f"Received test_statistics={test_statistics!r}; expected 'running' or 'batch'.")
         if not inner_lr > 0:
             raise ValueError(f"Received inner_lr={inner_lr}; expected a positive step size.")
         if int(inner_steps) < 1:
@@ -69,6 +76,7 @@ class MAMLPlusPlus(Algorithm):
         self.per_step_bn_weights = per_step_bn_weights
         self.learned_inner_lr = learned_inner_lr
         self.iterations_per_epoch = iterations_per_epoch
+        self.test_statistics = test_statistics
 
     # --- construction -----------------------------------------------------------------------
 
@@ -182,7 +190,8 @@ class MAMLPlusPlus(Algorithm):
         params = [ops.stop_gradient(p) for p in params]
         adapted, bn, rates = self._split(params)
         update = self._update_rule(rates)
-        batch_statistics = not self.per_step_bn_statistics  # transductive without BNRS, as in MAML
+        # Transductive without BNRS (as in MAML), or when asked to evaluate as the reference code did.
+        batch_statistics = not self.per_step_bn_statistics or self.test_statistics == "batch"
 
         def support_loss(fast, step):
             outputs, _ = self._forward(fast, bn, state, task["support_x"], step, training=batch_statistics)
@@ -208,6 +217,8 @@ class MAMLPlusPlus(Algorithm):
         }
         return {
             "switches": ",".join(k for k, on in switches.items() if on) or "none",
-            "batch_norm": "per-step running statistics" if self.per_step_bn_statistics else "transductive (batch statistics at test time)",
+            "batch_norm": "per-step running statistics"
+            if self.per_step_bn_statistics and self.test_statistics == "running"
+            else "transductive (batch statistics at test time)",
             "ensemble": "none (last checkpoint)",
         }

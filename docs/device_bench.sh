@@ -106,6 +106,8 @@ variant() {
 }
 variant A-metabench-highest-precision 60 $SETTING_A --iters "$ITERS_A" --precision highest
 variant A-metabench-host-data 60 $SETTING_A --iters "$ITERS_A" --host-data
+variant A-metabench-grad-of-mean 60 $SETTING_A --iters "$ITERS_A" --grad-of-mean
+variant B-metabench-grad-of-mean 60 $SETTING_B --iters "$ITERS_B" --grad-of-mean
 variant A-metabench-unrolled-chunks-8 90 $SETTING_A --iters "$ITERS_A" --task-map unrolled --parallel-tasks 8
 
 echo "== table (${SECONDS}s)"

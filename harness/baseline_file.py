@@ -423,8 +423,8 @@ def config_differences(a: dict, b: dict, *, ignore: Sequence[str] = ()) -> list[
             continue
         left, right = flat_a.get(key, missing), flat_b.get(key, missing)
         if left != right:
-            show = lambda v: "(unset)" if v is missing else json.dumps(v)  # noqa: E731
-            out.append(f"{key}: {show(left)} -> {show(right)}")
+            shown = ["(unset)" if v is missing else json.dumps(v) for v in (left, right)]
+            out.append(f"{key}: {shown[0]} -> {shown[1]}")
     return out
 
 
@@ -531,7 +531,7 @@ class _Getter:
             raise BaselineError(f"{self.where} has no {key!r}; the file is incomplete (save the baseline again).")
         value = self.obj[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise BaselineError(f"{self.where}.{key} is {value!r} ({type(value).__name__}); expected a {kind.__name__}.")
+            raise BaselineError(f"{self.where}.{key} is {value!r} ({type(value).__name__}); expected type {kind.__name__}.")
         return value
 
 
@@ -567,7 +567,7 @@ def _dumps(value, indent: int = 0) -> str:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _metabench_version() -> str:

@@ -50,6 +50,9 @@ def run_bench(
     host_data: bool = False,
     matmul_precision: str = "default",
     engine_options: dict | None = None,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    split_scheme: str = "maml",
     seed: int = 0,
 ) -> dict:
     """Time ``iters`` MAML meta-iterations (after one untimed, compiled one) and return the figures.
@@ -66,6 +69,14 @@ def run_bench(
         matmul_precision: ``"default"`` (each backend's own: TF32 convolutions may be used on Ampere
             and later GPUs, as in PyTorch's default) or ``"highest"`` (full float32 everywhere).
         engine_options: passed to the engine (``task_map``, ``parallel_tasks``, ``xla``, ...).
+        data_dir: time a real Omniglot run instead: every iteration draws fresh episodes from the
+            training split of ``DATA_DIR/omniglot`` (rotations per task, as the MAML code) and hands
+            them to the trainer as NumPy arrays, sampling and training one after the other (no
+            prefetch), and the result adds ``data_ms_per_meta_iter``, ``step_ms_per_meta_iter`` and
+            ``data_wait_fraction`` (the share of each iteration spent producing its batch).
+        cache_dir: where Omniglot's decoded images are cached (default: the dataset's own choice).
+        split_scheme: Omniglot's class split (``"maml"``: train on its ``train`` split; ``"official"``:
+            on ``background``).
 
     Returns:
         A dict with ``PEER_KEYS`` and ``backend``, ``inner_lr``, ``first_order``, ``iters``,
@@ -91,21 +102,36 @@ def run_bench(
     optimizer = keras.optimizers.Adam(1e-3)
     trainer = engine.make_meta_trainer(maml.task_loss, maml.meta_variables(), optimizer, maml.state_variables())
 
-    batch = random_batch(ways, shots, queries, meta_batch, image_size, seed)
-    if not host_data:
-        batch = {k: keras.ops.convert_to_tensor(v) for k, v in batch.items()}
+    if data_dir is not None:
+        next_batch = _omniglot_batches(data_dir, cache_dir, split_scheme, ways, shots, queries, meta_batch, image_size, seed)
+    else:
+        batch = random_batch(ways, shots, queries, meta_batch, image_size, seed)
+        if not host_data:
+            batch = {k: keras.ops.convert_to_tensor(v) for k, v in batch.items()}
+        next_batch = lambda iteration: batch  # noqa: E731
 
     rss_before = _peak_rss_mib()
     started = time.perf_counter()
-    logs = trainer(batch)
+    logs = trainer(next_batch(0))
     first = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(iters):
+    data_s = step_s = 0.0
+    for iteration in range(1, iters + 1):
+        started = time.perf_counter()
+        batch = next_batch(iteration)
+        made = time.perf_counter()
         logs = trainer(batch)
-    per_iter = (time.perf_counter() - started) / iters
+        data_s, step_s = data_s + made - started, step_s + time.perf_counter() - made
+    per_iter = (data_s + step_s) / iters
     device_peak = getattr(engine, "device_memory_peak", lambda: None)()
+    extra = {}
+    if data_dir is not None:
+        extra = {
+            "data_ms_per_meta_iter": round(data_s / iters * 1000, 2),
+            "step_ms_per_meta_iter": round(step_s / iters * 1000, 2),
+            "data_wait_fraction": round(data_s / (data_s + step_s), 4),
+        }
     return {
-        "impl": f"metabench-maml-{engine.name}-{getattr(engine, 'task_map', 'loop')}",
+        "impl": f"metabench-maml-{engine.name}-{getattr(engine, 'task_map', 'loop')}" + ("-omniglot" if data_dir else ""),
         "device": engine.describe_device(),
         "ways": ways,
         "shots": shots,
@@ -121,13 +147,14 @@ def run_bench(
         "iters": iters,
         "image_size": image_size,
         "filters": filters,
-        "host_data": bool(host_data),
+        "host_data": bool(host_data or data_dir is not None),
         "matmul_precision": matmul_precision,
         "engine_options": engine_options,
         "loss": round(float(logs["loss"]), 6),
         "rss_before_mib": round(rss_before, 1),
         "peak_rss_mib": round(_peak_rss_mib(), 1),
         "device_peak_mib": None if device_peak is None else round(device_peak / 2**20, 1),
+        **extra,
     }
 
 
@@ -145,6 +172,24 @@ def random_batch(ways: int, shots: int, queries: int, meta_batch: int, image_siz
         "query_x": rng.random((meta_batch, ways * queries, *shape), dtype=np.float32),
         "query_y": labels(queries),
     }
+
+
+def _omniglot_batches(data_dir, cache_dir, split_scheme, ways, shots, queries, meta_batch, image_size, seed):
+    """``iteration -> batch`` of fresh Omniglot episodes, drawn as the runner's training data draws them."""
+    from metabench.datasets.omniglot import Omniglot
+    from metabench.harness import episodes as ep
+
+    omniglot = Omniglot(data_dir, image_size=image_size, split_scheme=split_scheme, cache_dir=cache_dir, show_progress=False)
+    pool = omniglot.split("background" if split_scheme == "official" else "train")
+    spec = ep.EpisodeSpec(ways, shots, queries)
+    ep.check_classification_spec(pool, spec, "per_task", "omniglot")
+
+    def batch(iteration):
+        rng = ep.training_rng(seed, iteration)
+        episodes = ep.sample_classification_episodes(pool, spec, meta_batch, rng, "per_task")
+        return ep.materialize_classification(pool, episodes)
+
+    return batch
 
 
 def set_numpy_weights(model, seed: int = 0) -> None:

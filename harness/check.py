@@ -43,8 +43,19 @@ from pathlib import Path
 
 import numpy as np
 
-from metabench.harness.baseline_file import Baseline, BaselineError, SettingResults, config_differences
-from metabench.harness.stats import EquivalenceTest, holm, paired_comparison, paired_one_sided, tost_paired
+from metabench.harness.baseline_file import (
+    Baseline,
+    BaselineError,
+    SettingResults,
+    config_differences,
+)
+from metabench.harness.stats import (
+    EquivalenceTest,
+    holm,
+    paired_comparison,
+    paired_one_sided,
+    tost_paired,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +162,9 @@ class CheckResult:
         tolerance, alpha, margin: the thresholds used (``margin`` ``None`` without equivalence).
         baseline, candidate: the two sides' results (candidate read back from its store).
         candidate_source: how the candidate was obtained, for messages.
-        config_differences: ``"key: baseline -> candidate"`` for every config key that differs
-            but the seed.
+        config_differences: ``"key: baseline -> candidate"`` for every config key that differs (the
+            display-only ``name`` and ``train.log_every`` aside), and ``"seed: [..] -> [..]"`` when
+            the two sides' training seeds differ.
         version_differences: ``"library: baseline -> candidate"`` for every library version that differs.
     """
 
@@ -217,7 +229,11 @@ class CheckResult:
             f"metabench check: {verdict} (exit {self.exit_code})",
             f"  baseline:  {b.source}: {b.algorithm} on {b.dataset}, {len(b.runs)} run(s) (seed {seeds}), config {b.config_hash[:12]}"
             + (", deterministic" if b.deterministic else ", NOT deterministic (engine.deterministic = false)"),
-            f"  candidate: {self.candidate_source}: {self.candidate.algorithm}, run(s) {', '.join(self.candidate.run_ids)}, config {self.candidate.config_hash[:12]}",
+            f"  candidate: {self.candidate_source}",
+            (
+                f"             {self.candidate.algorithm} on {self.candidate.dataset}, run(s) {', '.join(self.candidate.run_ids)}, "
+                f"config {self.candidate.config_hash[:12]}"
+            ),
             "  config changes: " + ("; ".join(self.config_differences) if self.config_differences else "none"),
             "  library changes: " + ("; ".join(self.version_differences) if self.version_differences else "none"),
         ]
@@ -304,6 +320,8 @@ def check(
     _check_thresholds(tolerance, alpha, equivalence, inner_steps)
     if not isinstance(baseline, Baseline):
         baseline = Baseline.load(baseline)
+    if isinstance(runs, str):
+        runs = [runs]
     if config is not None and runs:
         raise CheckError("Received both config and runs; the candidate is either a config to run now or completed runs, not both.")
     if runs:
@@ -343,9 +361,7 @@ def compare(
     settings = []
     for p, p_worse_holm, p_better_holm in zip(partial, worse_holm, better_holm):
         gain = p["difference"] if p["higher_is_better"] else -p["difference"]
-        if p["non_finite"]:
-            decision = "regressed"
-        elif gain < -tolerance and p_worse_holm <= alpha:
+        if p["non_finite"] or (gain < -tolerance and p_worse_holm <= alpha):
             decision = "regressed"
         elif gain > tolerance and p_better_holm <= alpha:
             decision = "improved"
@@ -370,7 +386,7 @@ def compare(
         baseline=baseline,
         candidate=candidate,
         candidate_source=candidate_source or candidate.source,
-        config_differences=tuple(config_differences(baseline.config, candidate.config, ignore=("seed", "name", "train.log_every"))),
+        config_differences=tuple(_config_changes(baseline, candidate)),
         version_differences=tuple(_version_differences(baseline.versions, candidate.versions)),
     )
 
@@ -555,7 +571,10 @@ def _compare_setting(b: SettingResults, c: SettingResults, inner_steps, toleranc
 
 def _deciding(settings: Sequence[SettingCheck], decision: str, verdict: str | None) -> int:
     indices = range(len(settings))
-    gain = lambda i: settings[i].gain if math.isfinite(settings[i].gain) else -math.inf  # noqa: E731
+
+    def gain(i: int) -> float:
+        return settings[i].gain if math.isfinite(settings[i].gain) else -math.inf
+
     if decision == "regressed":
         return min((i for i in indices if settings[i].decision == "regressed"), key=gain)
     if verdict == "not equivalent":
@@ -600,8 +619,17 @@ def _evaluation_hint(baseline_config: dict, candidate_config: dict | None) -> st
 
 
 def _describe_key(key: tuple) -> str:
-    dataset, split, ways, shots, queries = key
+    dataset, split, ways, shots, _queries = key
     return f"{dataset} {split} {shots}-shot" if ways is None else f"{dataset} {split} {ways}-way {shots}-shot"
+
+
+def _config_changes(baseline: Baseline, candidate: Baseline) -> list[str]:
+    """Config keys that differ (not the display-only ones), and the seeds when they differ."""
+    changes = config_differences(baseline.config, candidate.config, ignore=("seed", "name", "train.log_every"))
+    seeds = sorted({r.seed for r in baseline.runs}), sorted({r.seed for r in candidate.runs})
+    if seeds[0] != seeds[1]:
+        changes.insert(0, f"seed: {seeds[0]} -> {seeds[1]}")
+    return changes
 
 
 def _version_differences(baseline: dict, candidate: dict) -> list[str]:

@@ -8,7 +8,8 @@ registers (``metabench list`` shows them); the other tables are fixed::
     [dataset]      name = "omniglot", image_size = 28, split_scheme = "maml"
     [model]        name = "conv4", filters = 64
     [algorithm]    name = "maml", inner_lr = 0.4, inner_steps = 1
-    [train]        split, ways, shots, queries, rotations, meta_iterations, meta_batch_size, meta_lr, ...
+    [train]        split, ways, shots, queries, rotations, meta_iterations, meta_batch_size, meta_lr, ...,
+                   checkpoint_every, keep_checkpoints, nan_retries, nan_lr_factor
     [evaluation]   split, episodes, seed, shots (one or a list), inner_steps (list), headline_steps, ...
     [engine]       xla, deterministic, parallel_tasks
 
@@ -45,6 +46,10 @@ FIXED_TABLES = {
         "meta_lr_min": 0.00001,
         "clip_meta_grad": 0.0,  # 0: no clipping; else clip each meta-gradient value to [-c, c]
         "log_every": 50,
+        "checkpoint_every": 1000,  # save a checkpoint every N meta-iterations (0: only at the end and on SIGINT/SIGTERM)
+        "keep_checkpoints": False,  # keep the run's checkpoints after it completes (default: delete them)
+        "nan_retries": 0,  # on a NaN/inf loss, retry up to N times from the last checkpoint with a lower meta_lr
+        "nan_lr_factor": 0.5,  # each retry multiplies meta_lr (and meta_lr_min) by this factor
     },
     "evaluation": {
         "split": "test",
@@ -65,8 +70,8 @@ FIXED_CHOICES = {
     "evaluation": {"rotations": ["", "none", "per_task", "classes"]},
 }
 COMPONENT_TABLES: dict[str, Registry] = {"dataset": DATASETS, "model": MODELS, "algorithm": ALGORITHMS}
-#: keys that change how a run is shown, not what it computes; left out of the config hash
-NOT_HASHED = {("name",), ("train", "log_every")}
+#: keys that change how a run is shown or kept, not what it computes; left out of the config hash
+NOT_HASHED = {("name",), ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints")}
 SHIPPED_CONFIGS = "metabench.harness.configs"
 
 
@@ -225,6 +230,14 @@ def _check_numbers(config: dict) -> None:
     for key, value in (("train.ways", train["ways"]), ("evaluation.ways", evaluation["ways"]), ("evaluation.queries", evaluation["queries"])):
         if value < 0:
             raise ConfigError(f"Received {key}={value}; expected a positive integer (or 0 for the default).")
+    for key in ("checkpoint_every", "nan_retries"):
+        if train[key] < 0:
+            raise ConfigError(f"Received train.{key}={train[key]}; expected an integer >= 0 (0: off).")
+    if not 0.0 < train["nan_lr_factor"] < 1.0:
+        raise ConfigError(
+            f"Received train.nan_lr_factor={train['nan_lr_factor']}; expected a factor strictly between 0 and 1 "
+            "(each NaN retry multiplies the meta learning rate by it)."
+        )
     if not train["meta_lr"] > 0:
         raise ConfigError(f"Received train.meta_lr={train['meta_lr']}; expected a positive learning rate.")
     if any(s < 0 for s in evaluation["shots"]) or not evaluation["shots"]:
@@ -238,13 +251,22 @@ def _check_numbers(config: dict) -> None:
 
 
 def config_hash(config: dict) -> str:
-    """sha256 hex of the canonical JSON of a resolved config, without display-only keys."""
+    """sha256 hex of the canonical JSON of a resolved config, without display-only keys.
+
+    Left out: :data:`NOT_HASHED` (how a run is shown or checkpointed), and ``train.nan_retries``
+    and ``train.nan_lr_factor`` while retries are off, so a config's hash did not change when
+    those options were added.
+    """
     hashed = copy.deepcopy(config)
     for path in NOT_HASHED:
         node = hashed
         for part in path[:-1]:
             node = node.get(part, {})
         node.pop(path[-1], None)
+    train = hashed.get("train", {})
+    if train.get("nan_retries", 0) == 0:  # NaN retries off: neither key changes the result (nor the hash)
+        train.pop("nan_retries", None)
+        train.pop("nan_lr_factor", None)
     return hashlib.sha256(json.dumps(hashed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

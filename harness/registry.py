@@ -131,8 +131,9 @@ def _builtin_algorithms(registry: Registry) -> None:
             "per_step_bn_weights": True,
             "learned_inner_lr": True,
             "iterations_per_epoch": 500,
+            "test_statistics": "running",
         },
-        {},
+        {"test_statistics": ["running", "batch"]},
         "MAML++ (Antoniou et al. 2019): MSL, DA, BNRS, BNWB, LSLR switches; CA is train.meta_lr_schedule='cosine'.",
     )
 

@@ -4,34 +4,57 @@ The runner validates everything it can before it records a run (episode specs ag
 the model's head against the evaluation ways), then meta-trains with a progress bar, evaluates on
 the fixed episode sets and hands the results to the store in one transaction. A run that fails or
 is interrupted is recorded with that status and never counts as a result.
+
+Long runs (see ``docs/long-runs.md``): :func:`run` saves a checkpoint
+(:mod:`metabench.harness.checkpoint`) every ``train.checkpoint_every`` meta-iterations, at the end
+of training, and when SIGINT or SIGTERM arrives (after the current meta-iteration; the run is then
+recorded ``"interrupted"``). ``run(..., resume=RUN_ID)`` continues a run that did not complete from
+its newest intact checkpoint and completes it in the same store row; with op determinism on, the
+result is bit for bit the one of an uninterrupted run on the same machine. A NaN or infinite loss
+fails the run, or, with ``train.nan_retries``, goes back to the last checkpoint and continues with
+the meta learning rate multiplied by ``train.nan_lr_factor``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
 import platform
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from metabench.datasets.base import ClassificationDataset
+from metabench.harness import checkpoint as ckpt
 from metabench.harness import episodes as ep
+from metabench.harness.checkpoint import CheckpointError, CheckpointFolder, TrainingState
 from metabench.harness.config import ConfigError, config_hash
 from metabench.harness import training_data
 from metabench.harness.engines import get_engine, select_backend
 from metabench.harness.registry import ALGORITHMS, DATASETS, MODELS
 from metabench.harness.results import CurvePoint, Evaluation, RunInfo
 from metabench.harness.stats import mean_ci95
+from metabench.harness.store import StoreError, new_run_id
 
 logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
     """The outer loss became NaN or infinite."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run after a meta-iteration; the message says where its checkpoint is."""
+
+
+RESUME_LATEST = "latest"
+"""``run(..., resume=RESUME_LATEST)``: continue the newest unfinished run with the same config hash."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,39 +189,119 @@ def build(config: dict, prepared: Prepared, engine, algorithm=None) -> Session:
     return Session(algorithm, source, optimizer, trainer, evaluator)
 
 
-def run(config: dict, *, store, data_dir=None, cache_dir=None, show_progress: bool = True) -> RunSummary:
-    """Meta-train and evaluate ``config`` (resolved), recording the run in ``store``."""
-    select_backend(config["backend"])
-    prepared = prepare(config, data_dir, cache_dir)
-    engine = get_engine(config["backend"], **config["engine"])
-    session = build(config, prepared, engine)
+def run(
+    config: dict,
+    *,
+    store,
+    data_dir=None,
+    cache_dir=None,
+    show_progress: bool = True,
+    resume: str | None = None,
+    checkpoint_dir=None,
+) -> RunSummary:
+    """Meta-train and evaluate ``config`` (resolved), recording the run in ``store``.
 
-    info = RunInfo(
-        algorithm=config["algorithm"]["name"],
-        dataset=config["dataset"]["name"],
-        seed=config["seed"],
-        config=config,
-        config_hash=config_hash(config),
-        backend=config["backend"],
-        device=engine.describe_device(),
-        versions=library_versions(),
-        git_commit=git_commit(),
-    )
-    run_id = store.start_run(info)
-    logger.info("Run %s started (%s on %s)", run_id, info.algorithm, info.dataset)
+    Args:
+        config: a resolved config (:func:`metabench.harness.config.load_config`).
+        store: the :class:`metabench.harness.store.ResultsStore` to record the run in.
+        data_dir: folder holding the datasets.
+        cache_dir: folder for decoded-dataset caches.
+        show_progress: draw a progress bar.
+        resume: ``None``: a new run. A run id: continue that run (``"interrupted"``, ``"failed"``,
+            or left ``"running"`` by a killed process) from its newest intact checkpoint, or from
+            the start when it has none; ``config`` must have the run's config hash.
+            :data:`RESUME_LATEST`: continue the newest such run with ``config``'s hash that no
+            other process is training, or start a new run when there is none.
+        checkpoint_dir: folder of the runs' checkpoint folders (``<checkpoint_dir>/<run_id>/``);
+            default: ``checkpoints/`` beside the store (or, on resume, where the run kept them).
+
+    Raises:
+        ConfigError: ``resume`` names a run of another config.
+        StoreError: ``resume`` names no run, or a completed one; or the store refused a write.
+        CheckpointError: the run's checkpoint folder is locked by a live process, or its
+            checkpoints are all damaged.
+        TrainingDiverged: the loss became NaN or infinite (after any retries).
+        RunInterrupted: SIGINT or SIGTERM (the run is recorded ``"interrupted"``).
+    """
+    select_backend(config["backend"])
+    digest = config_hash(config)
+    root = (Path(checkpoint_dir) if checkpoint_dir is not None else Path(store.path).parent / "checkpoints").absolute()
+    target = _resume_target(store, resume, digest, root, explicit_root=checkpoint_dir is not None)
+    folder = target[1] if target else None
     try:
-        started = time.perf_counter()
-        curve = meta_train(session, config, show_progress)
-        trained = time.perf_counter()
-        evaluations = evaluate(session, prepared, config)
-        timings = {"train_s": trained - started, "eval_s": time.perf_counter() - trained}
-        store.complete_run(run_id, evaluations, curve, timings)
-    except KeyboardInterrupt:
-        store.fail_run(run_id, "interrupted", "interrupted by the user (KeyboardInterrupt)")
+        prepared = prepare(config, data_dir, cache_dir)
+        engine = get_engine(config["backend"], **config["engine"])
+        saved = folder.latest(run_id=target[0], config_hash=digest) if target else None
+        state = saved.state if saved else TrainingState()
+        session = build(_scaled(config, state.lr_scale), prepared, engine)
+        if saved:
+            state = ckpt.restore(session.algorithm, session.optimizer, saved)
+        details = {"device": engine.describe_device(), "versions": library_versions(), "git_commit": git_commit()}
+        if target:
+            run_id = target[0]
+            store.resume_run(run_id, from_iteration=state.iteration, checkpoint_dir=folder.path, details=details)
+            logger.info(
+                "Run %s resumed from meta-iteration %d of %d (checkpoints in %s)",
+                run_id, state.iteration, config["train"]["meta_iterations"], folder.path,
+            )
+        else:
+            run_id = new_run_id()
+            folder = CheckpointFolder(root / run_id)
+            folder.acquire(run_id)  # before the run is recorded, so no resumer takes it for a dead one
+            info = RunInfo(
+                algorithm=config["algorithm"]["name"],
+                dataset=config["dataset"]["name"],
+                seed=config["seed"],
+                config=config,
+                config_hash=digest,
+                backend=config["backend"],
+                device=details["device"],
+                versions=details["versions"],
+                git_commit=details["git_commit"],
+            )
+            try:
+                store.start_run(info, run_id=run_id, checkpoint_dir=folder.path)
+            except BaseException:
+                folder.release()
+                folder.remove()
+                raise
+            logger.info("Run %s started (%s on %s)", run_id, info.algorithm, info.dataset)
+    except BaseException:
+        if folder is not None:
+            folder.release()
+        raise
+
+    events: list[dict] = []
+    stop = _StopSignals()
+    try:
+        with stop:
+            session, state = _train(
+                session, config, state, show_progress=show_progress, folder=folder, run_id=run_id, digest=digest,
+                stop=stop, events=events,
+                rebuild=lambda scale: build(_scaled(config, scale), prepared, engine),
+            )
+            stop.defer = False  # the final checkpoint is saved: a signal now stops evaluation at once
+            if stop.signal is not None:  # it arrived while that checkpoint was written
+                raise RunInterrupted(f"Interrupted by {stop.signal} after training (checkpoint in {folder.path}).")
+            evaluation_started = time.perf_counter()
+            evaluations = evaluate(session, prepared, config)
+        timings = {"train_s": state.seconds, "eval_s": time.perf_counter() - evaluation_started}
+        store.complete_run(run_id, evaluations, state.curve, timings, events=events)
+    except KeyboardInterrupt as error:
+        message = str(error) or "interrupted by the user (KeyboardInterrupt)"
+        store.fail_run(run_id, "interrupted", f"{message} Resume with `metabench run --resume {run_id}`.", events=events)
+        logger.warning("Run %s interrupted; resume it with `metabench run --resume %s`.", run_id, run_id)
+        folder.release()
         raise
     except BaseException as error:
-        store.fail_run(run_id, "failed", f"{type(error).__name__}: {error}")
+        store.fail_run(run_id, "failed", f"{type(error).__name__}: {error}", events=events)
+        folder.release()
+        if not folder.iterations():  # nothing to resume from: leave no empty folder behind
+            folder.remove()
         raise
+    folder.release()
+    if not config["train"]["keep_checkpoints"]:
+        folder.remove()
     settings = []
     for evaluation in evaluations:
         headline = evaluation.values[evaluation.headline_steps]
@@ -229,15 +332,51 @@ def run(config: dict, *, store, data_dir=None, cache_dir=None, show_progress: bo
 
 
 def meta_train(session: Session, config: dict, show_progress: bool = False) -> list[CurvePoint]:
-    """Run ``train.meta_iterations`` steps; returns the logged training curve."""
+    """Run ``train.meta_iterations`` steps; returns the logged training curve.
+
+    No checkpoints and no NaN retries: :func:`run` adds those.
+    """
+    return _train(session, config, TrainingState(), show_progress=show_progress)[1].curve
+
+
+def _train(
+    session: Session,
+    config: dict,
+    state: TrainingState,
+    *,
+    show_progress: bool = False,
+    folder: CheckpointFolder | None = None,
+    run_id: str = "",
+    digest: str = "",
+    stop: "_StopSignals | None" = None,
+    events: list | None = None,
+    rebuild=None,
+) -> tuple[Session, TrainingState]:
+    """Meta-train from ``state`` to ``train.meta_iterations``; returns the (possibly rebuilt) session and the state.
+
+    With a ``folder``: a checkpoint every ``train.checkpoint_every`` iterations, at the end, and
+    when ``stop`` has caught a signal (then :class:`RunInterrupted`). With ``rebuild(lr_scale) ->
+    Session``: up to ``train.nan_retries`` retries from the last checkpoint after a NaN loss.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     train = config["train"]
     metric_name = session.algorithm.objective.metric_name
-    total, every = train["meta_iterations"], train["log_every"]
-    curve, window_loss, window_metric = [], [], []
-    last_finite = None
-    started = time.perf_counter()
+    total, every, checkpoint_every = train["meta_iterations"], train["log_every"], train["checkpoint_every"]
+    retries = train["nan_retries"] if rebuild is not None else 0
+    events = events if events is not None else []
+
+    def capture() -> ckpt.Checkpoint:
+        return ckpt.capture(session.algorithm, session.optimizer, state, run_id=run_id, config_hash=digest)
+
+    def save(snapshot: ckpt.Checkpoint) -> None:
+        try:
+            folder.save(snapshot)
+        except CheckpointError as err:  # the previous checkpoint is intact; losing training would be worse
+            logger.warning("%s Training goes on; the next checkpoint tries again.", err)
+
+    last_good = capture() if retries else None
+    clock = time.perf_counter() - state.seconds
     columns = (
         TextColumn("meta-training"),
         BarColumn(),
@@ -248,25 +387,145 @@ def meta_train(session: Session, config: dict, show_progress: bool = False) -> l
         TimeRemainingColumn(),
     )
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
-        bar = progress.add_task("train", total=total, loss="-", metric="-", metric_name=metric_name)
-        for iteration in range(total):
+        bar = progress.add_task("train", total=total, completed=state.iteration, loss="-", metric="-", metric_name=metric_name)
+        while state.iteration < total:
+            iteration = state.iteration
             logs = session.trainer(session.source.batch(iteration))
             loss = logs["loss"]
             if not math.isfinite(loss):
+                if state.nan_retries < retries:
+                    used, scale = state.nan_retries, state.lr_scale * train["nan_lr_factor"]
+                    logger.warning(
+                        "The meta-training loss became %s at meta-iteration %d; retrying from meta-iteration %d "
+                        "with train.meta_lr x %g (retry %d of %d).",
+                        loss, iteration, last_good.state.iteration, scale, used + 1, retries,
+                    )
+                    events.append(
+                        {"event": "nan_retry", "loss": str(loss), "at_iteration": iteration,
+                         "from_iteration": last_good.state.iteration, "lr_scale": scale}
+                    )
+                    session = rebuild(scale)
+                    state = ckpt.restore(session.algorithm, session.optimizer, last_good)
+                    state.lr_scale, state.nan_retries = scale, used + 1
+                    last_good = capture()
+                    progress.update(bar, completed=state.iteration)
+                    continue
+                tried = f" after {state.nan_retries} retries with lower learning rates" if state.nan_retries else ""
                 raise TrainingDiverged(
-                    f"The meta-training loss became {loss} at meta-iteration {iteration}; the last finite "
-                    f"loss was {last_finite}. Lower train.meta_lr or algorithm.inner_lr, or set train.clip_meta_grad."
+                    f"The meta-training loss became {loss} at meta-iteration {iteration}{tried}; the last finite "
+                    f"loss was {state.last_finite}. Lower train.meta_lr or algorithm.inner_lr, set "
+                    "train.clip_meta_grad, or let train.nan_retries retry with a lower learning rate."
                 )
-            last_finite = loss
-            window_loss.append(loss)
-            window_metric.append(logs.get(metric_name, float("nan")))
-            if (iteration + 1) % every == 0 or iteration + 1 == total:
-                point = CurvePoint(iteration + 1, float(np.mean(window_loss)), float(np.mean(window_metric)), time.perf_counter() - started)
-                curve.append(point)
-                window_loss, window_metric = [], []
+            state.last_finite = loss
+            state.window_loss.append(loss)
+            state.window_metric.append(logs.get(metric_name, float("nan")))
+            state.iteration += 1
+            state.seconds = time.perf_counter() - clock
+            if state.iteration % every == 0 or state.iteration == total:
+                point = CurvePoint(state.iteration, float(np.mean(state.window_loss)), float(np.mean(state.window_metric)), state.seconds)
+                state.curve.append(point)
+                state.window_loss, state.window_metric = [], []
                 progress.update(bar, loss=f"{point.loss:.4f}", metric=f"{point.metric:.4f}")
             progress.advance(bar)
-    return curve
+            stopping = stop is not None and stop.signal is not None
+            due = checkpoint_every and state.iteration % checkpoint_every == 0 and state.iteration < total
+            if (due and (folder is not None or retries)) or (stopping and folder is not None):
+                snapshot = capture()
+                if folder is not None:
+                    save(snapshot)
+                last_good = snapshot if retries else None
+            if stopping:
+                where = f" (checkpoint in {folder.path})" if folder is not None else ""
+                raise RunInterrupted(f"Interrupted by {stop.signal} at meta-iteration {state.iteration} of {total}{where}.")
+    if folder is not None:
+        save(capture())  # training is done: a resume goes straight to evaluation
+    return session, state
+
+
+class _StopSignals:
+    """While active, the first SIGINT or SIGTERM asks training to stop after the current meta-iteration.
+
+    The training loop reads ``signal`` (the signal's name once one arrived), saves a checkpoint and
+    raises :class:`RunInterrupted`. A second signal, or one while ``defer`` is False (evaluation),
+    raises :class:`RunInterrupted` at once. Handlers are only installed in the main thread.
+    """
+
+    def __init__(self):
+        self.signal: str | None = None
+        self.defer = True
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for name in ("SIGINT", "SIGTERM"):
+                number = getattr(signal, name, None)
+                if number is not None:
+                    self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def _handle(self, number, frame) -> None:
+        name = signal.Signals(number).name
+        if self.defer and self.signal is None:
+            self.signal = name
+            logger.warning("Received %s: stopping after this meta-iteration and saving a checkpoint (send it again to stop at once).", name)
+            return
+        raise RunInterrupted(f"Interrupted by {name}.")
+
+
+def _scaled(config: dict, lr_scale: float) -> dict:
+    """``config`` with ``train.meta_lr`` and ``train.meta_lr_min`` multiplied by ``lr_scale`` (itself at 1)."""
+    if lr_scale == 1.0:
+        return config
+    scaled = copy.deepcopy(config)
+    scaled["train"]["meta_lr"] *= lr_scale
+    scaled["train"]["meta_lr_min"] *= lr_scale
+    return scaled
+
+
+def _resume_target(store, resume: str | None, digest: str, root: Path, *, explicit_root: bool):
+    """``(run_id, locked CheckpointFolder)`` of the run to continue, or ``None`` for a new run."""
+    if resume is None:
+        return None
+    if resume == RESUME_LATEST:
+        runs = store.runs()
+        if len(runs):
+            runs = runs[(runs["config_hash"] == digest) & runs["status"].isin(["interrupted", "running"])]
+        for row in reversed(runs.to_dict("records") if len(runs) else []):
+            folder = _folder_of(row, root, explicit_root)
+            try:
+                folder.acquire(row["run_id"])
+            except CheckpointError:
+                continue  # a live process trains it
+            return row["run_id"], folder
+        logger.info("No unfinished run with this config (hash %s) in %s to resume; starting a new run.", digest[:12], store.path)
+        return None
+    row = store.get_run(resume)
+    if row["status"] == "completed":
+        raise StoreError(
+            f"Run {resume} already completed; there is nothing to resume. Start a new run (without --resume) "
+            "to record another result."
+        )
+    if row["config_hash"] != digest:
+        raise ConfigError(
+            f"Received a config with hash {digest[:12]}, but run {resume} was started with config hash "
+            f"{row['config_hash'][:12]}. A run resumes only with its own config: give no config and no --set "
+            "(`metabench run --resume RUN_ID` uses the stored one), or the same ones as when it started."
+        )
+    folder = _folder_of(row, root, explicit_root)
+    folder.acquire(resume)
+    return resume, folder
+
+
+def _folder_of(row: dict, root: Path, explicit_root: bool) -> CheckpointFolder:
+    recorded = row.get("checkpoint_dir")
+    if recorded and not explicit_root:
+        return CheckpointFolder(recorded)
+    return CheckpointFolder(root / row["run_id"])
 
 
 def evaluate(session: Session, prepared: Prepared, config: dict) -> list[Evaluation]:

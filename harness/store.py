@@ -2,22 +2,31 @@
 
 The store records what the runner hands it — configs, metrics and metadata — as data; it knows
 nothing of an algorithm's internals. A run is inserted with status ``"running"`` when it starts and
-is finished exactly once, either by :meth:`ResultsStore.complete_run` (all results and the status
-``"completed"`` in one transaction) or by :meth:`ResultsStore.fail_run` (``"failed"`` or
-``"interrupted"``). Only completed runs count: the readers used by reports default to them.
+ends either with :meth:`ResultsStore.complete_run` (all results and the status ``"completed"`` in
+one transaction) or with :meth:`ResultsStore.fail_run` (``"failed"`` or ``"interrupted"``). A run
+that did not complete has no result rows, so :meth:`ResultsStore.resume_run` may set it
+``"running"`` again (the runner continues it from a checkpoint); a completed run never changes.
+Only completed runs count: the readers used by reports default to them.
 
 Schema (version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``)::
 
     runs             run_id TEXT PK, created_at, finished_at, status, message, algorithm, dataset,
                      seed, backend, device, config_json, config_hash, versions_json, git_commit,
-                     timings_json
+                     timings_json, checkpoint_dir, history_json
     evaluations      eval_id INTEGER PK, run_id -> runs, split, ways (NULL for regression), shots,
                      queries, fingerprint, metric, headline_steps, notes_json
     episode_metrics  eval_id -> evaluations, inner_steps, episode, value   (PK: all but value)
     training_curve   run_id -> runs, iteration, loss, metric, seconds
 
+``history_json`` is the run's life as a list of events (``{"event": "started" | "resumed" |
+"interrupted" | "failed" | "completed" | "nan_retry", "at": ..., ...}``); ``checkpoint_dir`` is
+where the runner keeps the run's checkpoints (``NULL`` when it keeps none).
+
 Timestamps are ISO-8601 UTC strings. SQLite has no NaN: a NaN metric is stored as NULL and read
 back as NaN.
+
+Versions: 1 had no ``checkpoint_dir`` and ``history_json``; a version-1 store is migrated in place
+(one transaction) when opened. A store of a newer version is refused with a message naming both.
 """
 
 from __future__ import annotations
@@ -40,8 +49,11 @@ from metabench.harness.results import CurvePoint, Evaluation, RunInfo
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of the table layout this module reads and writes (``PRAGMA user_version``)."""
+
+RESUMABLE_STATUSES = ("running", "interrupted", "failed")
+"""Statuses :meth:`ResultsStore.resume_run` accepts: the run has no results yet."""
 
 RUN_STATUSES = ("running", "completed", "failed", "interrupted")
 """Every value ``runs.status`` can take; only ``"completed"`` runs count in reports."""
@@ -52,6 +64,11 @@ BUSY_TIMEOUT_S = 30.0
 
 class StoreError(RuntimeError):
     """The results store cannot be opened or cannot record what was asked; the message says why."""
+
+
+def new_run_id() -> str:
+    """A fresh run id, ``"YYYYmmdd-HHMMSS-<8 hex>"`` (UTC start time and 32 random bits)."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
 
 
 class ResultsStore:
@@ -128,13 +145,19 @@ class ResultsStore:
 
     # ------------------------------------------------------------------ writing
 
-    def start_run(self, info: RunInfo) -> str:
-        """Record that a run started; returns its new run id (``"YYYYmmdd-HHMMSS-<8 hex>"``, UTC).
+    def start_run(self, info: RunInfo, *, run_id: str | None = None, checkpoint_dir: str | os.PathLike | None = None) -> str:
+        """Record that a run started; returns its run id (``"YYYYmmdd-HHMMSS-<8 hex>"``, UTC).
 
         The run has status ``"running"`` until :meth:`complete_run` or :meth:`fail_run`.
+
+        Args:
+            info: what the run is.
+            run_id: the id to use (from :func:`new_run_id`); ``None`` makes a new one.
+            checkpoint_dir: where the runner keeps this run's checkpoints, recorded so that a
+                resume finds them.
         """
         conn = self._connection()
-        run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
+        run_id = run_id or new_run_id()
         row = (
             run_id,
             _now(),
@@ -148,12 +171,14 @@ class ResultsStore:
             info.config_hash,
             _to_json(info.versions, "versions"),
             info.git_commit,
+            None if checkpoint_dir is None else os.fspath(checkpoint_dir),
+            _to_json([{"event": "started", "at": _now()}], "history"),
         )
         with _transaction(conn, f"start run of {info.algorithm} on {info.dataset}"):
             conn.execute(
                 "INSERT INTO runs (run_id, created_at, status, algorithm, dataset, seed, backend, "
-                "device, config_json, config_hash, versions_json, git_commit) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "device, config_json, config_hash, versions_json, git_commit, checkpoint_dir, history_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
         logger.info("Started run %s (%s on %s, seed %s).", run_id, info.algorithm, info.dataset, info.seed)
@@ -165,6 +190,7 @@ class ResultsStore:
         evaluations: Sequence[Evaluation],
         curve: Sequence[CurvePoint],
         timings: dict,
+        events: Sequence[dict] = (),
     ) -> None:
         """Record a run's results and mark it ``"completed"``, all in one transaction.
 
@@ -176,6 +202,8 @@ class ResultsStore:
             evaluations: each evaluation's ``values[steps]`` is a 1-D array ``[num_episodes]``.
             curve: meta-training log points, in any order.
             timings: JSON-able phase name -> seconds (or any JSON-able facts about time).
+            events: JSON-able dicts appended to the run's history before ``"completed"`` (e.g.
+                the NaN retries of its training).
 
         Raises:
             StoreError: the run does not exist, is not running, or SQLite refused a row.
@@ -194,14 +222,18 @@ class ResultsStore:
                     for p in curve
                 ),
             )
+            history = _history(conn, run_id) + [*events, {"event": "completed", "at": _now()}]
             conn.execute(
-                "UPDATE runs SET status = 'completed', finished_at = ?, timings_json = ? WHERE run_id = ?",
-                (_now(), timings_json, run_id),
+                "UPDATE runs SET status = 'completed', finished_at = ?, message = NULL, timings_json = ?, "
+                "history_json = ? WHERE run_id = ?",
+                (_now(), timings_json, _to_json(history, "history"), run_id),
             )
         logger.info("Completed run %s: %d evaluation(s), %d curve point(s).", run_id, len(evaluations), len(curve))
 
-    def fail_run(self, run_id: str, status: str, message: str) -> None:
+    def fail_run(self, run_id: str, status: str, message: str, events: Sequence[dict] = ()) -> None:
         """Mark a running run ``"failed"`` or ``"interrupted"`` with a human-readable message.
+
+        ``events`` (JSON-able dicts) are appended to the run's history before the status change.
 
         Raises:
             ValueError: ``status`` is not ``"failed"`` or ``"interrupted"``.
@@ -212,32 +244,101 @@ class ResultsStore:
         conn = self._connection()
         with _transaction(conn, f"mark run {run_id} {status}"):
             self._require_running(conn, run_id, f"mark {status}")
+            history = _history(conn, run_id) + [*events, {"event": status, "at": _now(), "message": str(message)}]
             conn.execute(
-                "UPDATE runs SET status = ?, finished_at = ?, message = ? WHERE run_id = ?",
-                (status, _now(), str(message), run_id),
+                "UPDATE runs SET status = ?, finished_at = ?, message = ?, history_json = ? WHERE run_id = ?",
+                (status, _now(), str(message), _to_json(history, "history"), run_id),
             )
         logger.info("Run %s %s: %s", run_id, status, message)
 
+    def resume_run(
+        self,
+        run_id: str,
+        *,
+        from_iteration: int,
+        checkpoint_dir: str | os.PathLike | None = None,
+        details: dict | None = None,
+    ) -> None:
+        """Set a run that did not complete back to ``"running"``; the runner continues it.
+
+        The run keeps its id, config and creation time; ``finished_at`` and ``message`` are
+        cleared and a ``"resumed"`` event (with ``from_iteration`` and the previous status) is
+        appended to its history. A run left ``"running"`` by a process that was killed is
+        accepted too: the caller must make sure no other process still trains it (the runner
+        holds a lock in the run's checkpoint folder).
+
+        Args:
+            run_id: a run with status in :data:`RESUMABLE_STATUSES`.
+            from_iteration: the meta-iteration training continues from (0: from the start).
+            checkpoint_dir: where its checkpoints are kept now, if that changed.
+            details: JSON-able facts added to the event (e.g. the device and library versions of
+                the resuming process).
+
+        Raises:
+            StoreError: no such run, or it already completed.
+        """
+        conn = self._connection()
+        with _transaction(conn, f"resume run {run_id}"):
+            row = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"Cannot resume run {run_id!r}: no such run in {self.path}.")
+            if row[0] not in RESUMABLE_STATUSES:
+                raise StoreError(
+                    f"Cannot resume run {run_id!r}: its status is {row[0]!r}. Only runs that did not "
+                    f"complete ({', '.join(RESUMABLE_STATUSES)}) can be resumed; start a new run instead."
+                )
+            event = {"event": "resumed", "at": _now(), "from_iteration": int(from_iteration), "previous_status": row[0], **(details or {})}
+            history = _history(conn, run_id) + [event]
+            conn.execute(
+                "UPDATE runs SET status = 'running', finished_at = NULL, message = NULL, history_json = ?, "
+                "checkpoint_dir = coalesce(?, checkpoint_dir) WHERE run_id = ?",
+                (
+                    _to_json(history, "history"),
+                    None if checkpoint_dir is None else os.fspath(checkpoint_dir),
+                    run_id,
+                ),
+            )
+        logger.info("Resumed run %s from meta-iteration %d (it was %s).", run_id, from_iteration, row[0])
+
     # ------------------------------------------------------------------ reading
+
+    def get_run(self, run_id: str) -> dict:
+        """One run as a dict with the columns of :meth:`runs`.
+
+        Raises:
+            StoreError: there is no run ``run_id``, naming the store and its newest runs.
+        """
+        frame = self._runs_frame(" WHERE run_id = ?", (run_id,))
+        if frame.empty:
+            latest = self._connection().execute(
+                "SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 3"
+            ).fetchall()
+            hint = f" Its newest runs: {', '.join(r[0] for r in latest)}." if latest else " It has no runs yet."
+            raise StoreError(f"No run {run_id!r} in results store {self.path}.{hint}")
+        return frame.iloc[0].to_dict()
 
     def runs(self, status: str | None = None) -> pd.DataFrame:
         """One row per run, oldest first, with ``config``, ``versions`` and ``timings`` as dicts.
 
         Columns: run_id, created_at, finished_at, status, message, algorithm, dataset, seed,
-        backend, device, config, config_hash, versions, git_commit, timings.
+        backend, device, config, config_hash, versions, git_commit, timings, checkpoint_dir,
+        history (a list of event dicts).
 
         Args:
             status: keep only runs with this status (one of :data:`RUN_STATUSES`); ``None``: all.
         """
         if status is not None and status not in RUN_STATUSES:
             raise ValueError(f"Received status={status!r}; expected None or one of {RUN_STATUSES}.")
+        return self._runs_frame(" WHERE status = ?" if status else "", (status,) if status else ())
+
+    def _runs_frame(self, where: str, params: Sequence) -> pd.DataFrame:
         sql = (
             "SELECT run_id, created_at, finished_at, status, message, algorithm, dataset, seed, "
-            "backend, device, config_json, config_hash, versions_json, git_commit, timings_json "
-            "FROM runs" + (" WHERE status = ?" if status else "") + " ORDER BY created_at, run_id"
+            "backend, device, config_json, config_hash, versions_json, git_commit, timings_json, "
+            "checkpoint_dir, history_json FROM runs" + where + " ORDER BY created_at, run_id"
         )
-        frame = self._frame(sql, (status,) if status else ())
-        for column in ("config", "versions", "timings"):
+        frame = self._frame(sql, params)
+        for column in ("config", "versions", "timings", "history"):
             frame[column] = [json.loads(s) if isinstance(s, str) else None for s in frame.pop(f"{column}_json")]
         return frame[list(_RUN_COLUMNS)]
 
@@ -251,22 +352,83 @@ class ResultsStore:
 
         Args:
             completed_only: keep only runs with status ``"completed"`` (what reports read).
+
+        Rows are ordered by run (creation time, id), evaluation, inner steps and episode. A sweep's
+        store (10,000 runs x 600 episodes) reads in seconds: the per-evaluation columns are read
+        once per evaluation and the values in the table's own order, then put together in numpy.
         """
-        sql = (
-            "SELECT r.run_id, r.algorithm, r.dataset, r.seed, r.backend, r.config_hash, e.eval_id, "
-            "e.split, e.ways, e.shots, e.queries, e.fingerprint, e.metric, e.headline_steps, "
-            "m.inner_steps, m.episode, m.value, e.notes_json AS notes "
-            "FROM episode_metrics m JOIN evaluations e ON e.eval_id = m.eval_id "
-            "JOIN runs r ON r.run_id = e.run_id"
-            + (" WHERE r.status = 'completed'" if completed_only else "")
-            + " ORDER BY r.created_at, r.run_id, e.eval_id, m.inner_steps, m.episode"
-        )
-        frame = self._frame(sql)
+        conn = self._connection()
+        conn.execute("BEGIN")  # one snapshot for the three reads, while other processes write
+        try:
+            frame = self._episode_frame(conn, completed_only)
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
         frame["ways"] = frame["ways"].astype("Int64")
         frame["value"] = frame["value"].astype("float64")
         for column in ("seed", "shots", "queries", "headline_steps", "inner_steps", "episode", "eval_id"):
             frame[column] = frame[column].astype("int64")
         return frame
+
+    def _episode_frame(self, conn: sqlite3.Connection, completed_only: bool) -> pd.DataFrame:
+        evaluations = conn.execute(
+            "SELECT r.run_id, r.algorithm, r.dataset, r.seed, r.backend, r.config_hash, e.eval_id, "
+            "e.split, e.ways, e.shots, e.queries, e.fingerprint, e.metric, e.headline_steps, "
+            "e.notes_json AS notes FROM evaluations e JOIN runs r ON r.run_id = e.run_id"
+            + (" WHERE r.status = 'completed'" if completed_only else "")
+            + " ORDER BY r.created_at, r.run_id, e.eval_id"
+        )
+        eval_columns = [d[0] for d in evaluations.description]
+        eval_rows = evaluations.fetchall()
+        # (eval_id, inner_steps) blocks in the table's primary-key order, which is the order a
+        # plain scan returns the values in.
+        blocks = np.array(
+            conn.execute(
+                "SELECT eval_id, inner_steps, count(*), min(episode), max(episode) FROM episode_metrics "
+                "GROUP BY eval_id, inner_steps ORDER BY eval_id, inner_steps"
+            ).fetchall(),
+            dtype=np.int64,
+        ).reshape(-1, 5)
+        wanted = {row[6]: position for position, row in enumerate(eval_rows)}
+        block_position = np.array([wanted.get(int(e), -1) for e in blocks[:, 0]], dtype=np.int64)
+        keep = block_position >= 0
+        columns = [*eval_columns[:-1], "inner_steps", "episode", "value", "notes"]
+        if not keep.any():
+            frame = pd.DataFrame.from_records([], columns=columns)
+            return frame
+        counts, starts = blocks[:, 2], np.concatenate([[0], np.cumsum(blocks[:, 2])[:-1]])
+        total = int(counts.sum())
+        values = np.empty(total, dtype=np.float64)
+        cursor = conn.execute("SELECT value FROM episode_metrics ORDER BY eval_id, inner_steps, episode")
+        filled = 0
+        while filled < total:
+            chunk = cursor.fetchmany(1 << 20)
+            if not chunk:
+                break
+            values[filled : filled + len(chunk)] = np.array(chunk, dtype=np.float64).reshape(-1)  # NULL -> NaN
+            filled += len(chunk)
+        contiguous = bool(np.all(blocks[:, 3] == 0) and np.all(blocks[:, 4] == counts - 1))
+        if filled != total or not contiguous:  # not as complete_run writes them: read the episode numbers too
+            rows = conn.execute("SELECT episode, value FROM episode_metrics ORDER BY eval_id, inner_steps, episode").fetchall()
+            pairs = np.array(rows, dtype=np.float64).reshape(-1, 2)
+            episodes_all, values = pairs[:, 0].astype(np.int64), pairs[:, 1]
+        else:
+            episodes_all = None
+        # Output order: evaluations as sorted above, each one's blocks by inner steps (as stored).
+        chosen = np.flatnonzero(keep)
+        chosen = chosen[np.argsort(block_position[chosen], kind="stable")]
+        lengths = counts[chosen]
+        row_starts = np.repeat(starts[chosen], lengths)
+        within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        index = row_starts + within
+        present = sorted(set(block_position[chosen].tolist()))
+        meta = pd.DataFrame.from_records([eval_rows[i] for i in present], columns=eval_columns)
+        meta_row = np.searchsorted(np.array(present, dtype=np.int64), np.repeat(block_position[chosen], lengths))
+        frame = meta.take(meta_row).reset_index(drop=True)
+        frame.insert(len(eval_columns) - 1, "inner_steps", np.repeat(blocks[chosen, 1], lengths))
+        frame.insert(len(eval_columns), "episode", within if episodes_all is None else episodes_all[index])
+        frame.insert(len(eval_columns) + 1, "value", values[index])
+        return frame[columns]
 
     def training_curves(self, completed_only: bool = True) -> pd.DataFrame:
         """Meta-training log points, one row per (run, logged iteration).
@@ -334,6 +496,7 @@ class ResultsStore:
 _RUN_COLUMNS = (
     "run_id", "created_at", "finished_at", "status", "message", "algorithm", "dataset", "seed",
     "backend", "device", "config", "config_hash", "versions", "git_commit", "timings",
+    "checkpoint_dir", "history",
 )
 
 _SCHEMA = """
@@ -352,7 +515,9 @@ CREATE TABLE runs (
     config_hash   TEXT NOT NULL,
     versions_json TEXT NOT NULL,
     git_commit    TEXT,
-    timings_json  TEXT
+    timings_json  TEXT,
+    checkpoint_dir TEXT,
+    history_json  TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE evaluations (
     eval_id        INTEGER PRIMARY KEY,
@@ -419,9 +584,23 @@ def _init_schema(conn: sqlite3.Connection, path: Path) -> None:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             logger.info("Created results store %s (schema version %d).", path, SCHEMA_VERSION)
+        elif version < SCHEMA_VERSION and all(v in _MIGRATIONS for v in range(version, SCHEMA_VERSION)):
+            try:
+                for step in range(version, SCHEMA_VERSION):
+                    _MIGRATIONS[step](conn)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            except sqlite3.Error as err:
+                raise StoreError(
+                    f"Results store {path} has schema version {version} and must be migrated to "
+                    f"version {SCHEMA_VERSION} before this metabench can use it, but the migration "
+                    f"failed ({err}); nothing was changed. Open it once with write access, or with "
+                    "the metabench version that wrote it."
+                ) from err
+            logger.warning("Migrated results store %s from schema version %d to %d.", path, version, SCHEMA_VERSION)
         elif version != SCHEMA_VERSION:
+            newer = " (written by a newer metabench)" if version > SCHEMA_VERSION else ""
             raise StoreError(
-                f"Results store {path} has schema version {version}, but this metabench reads "
+                f"Results store {path} has schema version {version}{newer}, but this metabench reads "
                 f"schema version {SCHEMA_VERSION}. Open it with the metabench version that wrote "
                 f"it, or move {path} aside and let a new store be created there."
             )
@@ -430,6 +609,21 @@ def _init_schema(conn: sqlite3.Connection, path: Path) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Version 2 records where a run's checkpoints are and its history (starts, resumes, retries)."""
+    conn.execute("ALTER TABLE runs ADD COLUMN checkpoint_dir TEXT")
+    conn.execute("ALTER TABLE runs ADD COLUMN history_json TEXT NOT NULL DEFAULT '[]'")
+
+
+_MIGRATIONS = {1: _migrate_1_to_2}
+"""Schema version -> function that upgrades a store of that version by one, inside a transaction."""
+
+
+def _history(conn: sqlite3.Connection, run_id: str) -> list:
+    row = conn.execute("SELECT history_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    return json.loads(row[0]) if row and row[0] else []
 
 
 class _transaction:

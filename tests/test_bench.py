@@ -62,3 +62,15 @@ def test_bench_refuses_a_bad_setting_by_name(capsys):
         run_bench("tensorflow", meta_batch=0)
     assert _bench_main(["bench", "--ways", "1", "--json"]) == 2
     assert "metabench: error: Received ways=1; expected an integer >= 2." in capsys.readouterr().err
+
+
+def test_bench_times_a_real_omniglot_run_and_the_share_spent_on_data(tmp_path):
+    from test_omniglot import make_omniglot  # synthetic archives in the official layout
+
+    make_omniglot(tmp_path / "data", background={"Alpha": 3, "Beta": 3}, evaluation={"Gamma": 3})
+    result = run_bench("tensorflow", ways=2, shots=1, queries=2, meta_batch=2, iters=2, image_size=8, filters=2,
+                       data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), split_scheme="official")
+    assert result["impl"] == "metabench-maml-tensorflow-loop-omniglot" and result["host_data"] is True
+    assert result["data_ms_per_meta_iter"] > 0 and result["step_ms_per_meta_iter"] > 0
+    assert 0 < result["data_wait_fraction"] < 1
+    assert result["ms_per_meta_iter"] == pytest.approx(result["data_ms_per_meta_iter"] + result["step_ms_per_meta_iter"], abs=0.02)

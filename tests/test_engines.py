@@ -21,22 +21,20 @@ pytest.importorskip("jax")
 
 #: name -> (first_order, batch_norm, inner_steps, evaluate): meta-trained for ``META_STEPS`` compiled
 #: steps (and evaluated), the whole engine path. Evaluation adapts first-order whatever the training
-#: order, so one case covers it; each compiled step costs seconds on the CPU.
+#: order, so one case covers it; each compiled step costs seconds on the CPU. The batch-norm case also
+#: pins conv4's ``BatchNorm``: Keras's own TensorFlow moments (``tf.nn.moments``) stop the gradient of
+#: the mean inside the variance, which leaves first derivatives exact but not MAML's second-order
+#: terms, and this case then disagrees with JAX from the second meta-step on.
 CASES = {
-    "first_order_batch_norm": (True, True, 1, True),
-    "second_order_no_batch_norm": (False, False, 1, False),
-}
-#: name -> (batch_norm, inner_steps): one task's second-order meta-gradient, eagerly (nothing compiled).
-GRADIENT_CASES = {
-    "no_batch_norm": (False, 2),
-    "batch_norm": (True, 1),
+    "second_order_batch_norm": (False, True, 1, True),
+    "first_order_no_batch_norm_two_steps": (True, False, 2, False),
 }
 META_STEPS = 3
 RTOL, ATOL = 2e-4, 2e-5
 
 
 def _cases(backend: str, engine_options: dict | None = None, names=tuple(CASES)) -> dict:
-    """Meta-train (and evaluate) each case, and take each gradient case; returns plain lists (JSON-able)."""
+    """Meta-train (and evaluate) each case; returns plain lists (JSON-able)."""
     import keras
 
     from metabench.algorithms.maml import MAML
@@ -59,16 +57,6 @@ def _cases(backend: str, engine_options: dict | None = None, names=tuple(CASES))
             evaluator = engine.make_evaluator(lambda p, s, t: maml.task_eval(p, s, t, 2), variables)
             evaluation = evaluator(random_batch(3, 1, 5, 3, image_size=12, seed=100))
             results[name].update(eval_loss=evaluation["loss"].tolist(), eval_metric=evaluation["metric"].tolist())
-    if engine_options:
-        return results
-    task = {k: keras.ops.convert_to_tensor(v[0]) for k, v in random_batch(3, 1, 2, 1, image_size=12, seed=50).items()}
-    for name, (batch_norm, inner_steps) in GRADIENT_CASES.items():
-        model = conv4((12, 12, 1), 3, filters=4, batch_norm=batch_norm)
-        set_numpy_weights(model, seed=8)
-        maml = MAML(inner_lr=0.3, inner_steps=inner_steps).build(model, "classification", engine)
-        params = [keras.ops.convert_to_tensor(v.value) for v in maml.meta_variables()]
-        (loss, _), grads = engine.value_and_grad(maml.task_loss)(params, [], task)
-        results[f"gradient_{name}"] = {"loss": float(loss), "grads": [np.asarray(g).ravel().tolist() for g in grads]}
     return results
 
 
@@ -115,30 +103,10 @@ def test_tensorflow_and_jax_engines_agree(case, tensorflow_results, jax_results)
     _assert_same(tensorflow_results[case], jax_results[case])
 
 
-def _assert_same_gradient(a: dict, b: dict) -> None:
-    assert a["loss"] == pytest.approx(b["loss"], rel=RTOL)
-    for index, (left, right) in enumerate(zip(a["grads"], b["grads"])):
-        np.testing.assert_allclose(left, right, rtol=1e-3, atol=1e-5, err_msg=f"gradient of parameter {index}")
-
-
-def test_second_order_meta_gradients_agree_without_batch_norm(tensorflow_results, jax_results):
-    _assert_same_gradient(tensorflow_results["gradient_no_batch_norm"], jax_results["gradient_no_batch_norm"])
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="Keras's TensorFlow backend takes batch-norm moments with tf.nn.moments, which puts a stop_gradient "
-    "on the mean inside the variance: right for first derivatives, wrong for the second-order terms of "
-    "MAML's meta-gradient (finite differences side with JAX; docs/performance.md). Passes once the "
-    "model's batch norm takes its variance with keras.ops.var.",
-)
-def test_second_order_meta_gradients_agree_through_batch_norm(tensorflow_results, jax_results):
-    _assert_same_gradient(tensorflow_results["gradient_batch_norm"], jax_results["gradient_batch_norm"])
-
-
 def test_tensorflow_loop_and_vectorized_task_maps_agree(tensorflow_results):
-    # One case (batch norm, the evaluator too) stands for both: tf.vectorized_map traces slowly.
-    case = "first_order_batch_norm"
+    # One case (second order through batch norm, the evaluator too) stands for both: tf.vectorized_map
+    # traces slowly.
+    case = "second_order_batch_norm"
     vectorized = _cases("tensorflow", {"task_map": "vectorized"}, names=[case])
     _assert_same(tensorflow_results[case], vectorized[case])
 

@@ -113,11 +113,76 @@ def test_engine_grads_nest_and_map_tasks_in_every_mode():
     assert all(values == expected for values in facts["mapped"].values()), facts["mapped"]
 
 
+def test_every_task_map_and_gradient_form_trains_to_the_same_numbers():
+    done = _run_jax(
+        """
+        import json
+        import keras, numpy as np
+        from metabench.algorithms.maml import MAML
+        from metabench.algorithms.models import mlp
+        from metabench.harness.bench import set_numpy_weights
+        from metabench.harness.engines import get_engine
+
+        rng = np.random.default_rng(0)
+        x = rng.uniform(-5, 5, size=(3, 5, 10, 1)).astype("float32")
+        batches = [{"support_x": b[:, :5], "support_y": np.sin(b[:, :5]), "query_x": b[:, 5:], "query_y": np.sin(b[:, 5:])}
+                   for b in x]
+        runs = {}
+        for name, options in {"vectorized": {}, "grad_of_mean": {"grad_of_mean": True},
+                              "loop": {"task_map": "loop", "parallel_tasks": 2},
+                              "unrolled": {"task_map": "unrolled", "parallel_tasks": 2}}.items():
+            engine = get_engine("jax", **options)
+            engine.set_matmul_precision("highest")
+            model = mlp(1, 1, hidden=[8, 8])
+            set_numpy_weights(model, seed=3)
+            maml = MAML(inner_lr=0.05, inner_steps=1).build(model, "regression", engine)
+            step = engine.make_meta_trainer(maml.task_loss, maml.meta_variables(), keras.optimizers.Adam(0.01))
+            runs[name] = [step(batch)["loss"] for batch in batches]
+            runs[name].append(float(np.sum(np.asarray(maml.meta_variables()[0].value))))  # written back
+        print(json.dumps(runs))
+        """
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = _last_json(done.stdout)
+    for name, values in runs.items():
+        assert values == pytest.approx(runs["vectorized"], rel=1e-5, abs=1e-6), name
+    assert runs["vectorized"][1] != runs["vectorized"][0]  # the weights moved between steps
+
+
+def test_compiled_steps_read_variables_live_like_tensorflow_graphs():
+    # A task function that reads a variable directly (not through params or state) must see its
+    # current value on every call, not the value it had when the step was traced.
+    done = _run_jax(
+        """
+        import json
+        import keras, numpy as np
+        from keras import ops
+        from metabench.harness.engines import get_engine
+
+        engine = get_engine("jax")
+        w = keras.Variable(np.zeros(2, "float32"))
+        counter = keras.Variable(np.zeros((), "float32"), trainable=False)
+
+        def task_loss(params, state, task):
+            loss = ops.sum((params[0] - counter.value - task["x"]) ** 2)
+            return loss, ({"seen": counter.value + 0.0}, [state[0] + 1.0])
+
+        step = engine.make_meta_trainer(task_loss, [w], keras.optimizers.SGD(0.1), [counter])
+        evaluate = engine.make_evaluator(lambda p, s, task: {"seen": counter.value + 0.0 * task["x"][0]}, [w], [counter])
+        batch = {"x": np.zeros((2, 2), "float32")}
+        seen = [step(batch)["seen"] for _ in range(3)]
+        print(json.dumps({"train": seen, "eval": evaluate(batch)["seen"].tolist(), "counter": float(counter.value)}))
+        """
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _last_json(done.stdout) == {"train": [0.0, 1.0, 2.0], "eval": [3.0, 3.0], "counter": 3.0}
+
+
 def test_jax_engine_refuses_bad_options_by_name():
     done = _run_jax(
         """
         from metabench.harness.engines import EngineError, get_engine
-        for options in ({"task_map": "vmap"}, {"parallel_tasks": 0}):
+        for options in ({"task_map": "vmap"}, {"parallel_tasks": 0}, {"task_map": "loop", "grad_of_mean": True}):
             try:
                 get_engine("jax", **options)
             except EngineError as error:
@@ -128,6 +193,7 @@ def test_jax_engine_refuses_bad_options_by_name():
     lines = done.stdout.strip().splitlines()
     assert "Received task_map='vmap'; expected one of ['auto', 'vectorized', 'loop', 'unrolled']" in lines[0]
     assert "Received parallel_tasks=0; expected a positive integer" in lines[1]
+    assert "Received grad_of_mean=True with task_map='loop'" in lines[2]
 
 
 def test_switching_backend_in_a_running_process_is_refused():

@@ -120,3 +120,13 @@ def test_cosine_annealing_of_the_meta_learning_rate():
     meta_train(session, config)
     expected = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + np.cos(np.pi * 4 / 4))
     assert float(np.asarray(session.optimizer.learning_rate)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_reference_style_evaluation_ignores_the_running_statistics():
+    session, setting = _session(iterations=3, test_statistics="batch")
+    batch = _eval_batch(setting)
+    before = session.evaluator(batch)["metric"]
+    for variable in session.algorithm.state_variables():
+        variable.assign(np.asarray(variable.value) * 5.0 + 3.0)
+    np.testing.assert_array_equal(before, session.evaluator(batch)["metric"])
+    assert "transductive" in session.algorithm.notes()["batch_norm"]

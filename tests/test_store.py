@@ -1,5 +1,5 @@
 """Properties of the SQLite results store: round trips, atomic completion, status filtering,
-schema versioning, clear open errors and concurrent writers."""
+resuming, schema versioning and migration, clear open errors and concurrent writers."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_creates_parent_folders_schema_version_and_wal(tmp_path):
         pass
     assert path.is_file()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"runs", "evaluations", "episode_metrics", "training_curve"} <= tables
@@ -293,7 +293,109 @@ def test_fail_run_and_complete_run_reject_bad_arguments(store):
     assert _status(store.path, run_id) == "running"
 
 
+def test_an_unfinished_run_resumes_in_its_own_row_and_completes_once(store):
+    rng = np.random.default_rng(7)
+    run_id = store.start_run(_info(), checkpoint_dir="/ckpt/a")
+    store.fail_run(run_id, "interrupted", "SIGTERM")
+    store.resume_run(run_id, from_iteration=40, details={"device": "CPU"})
+    row = store.get_run(run_id)
+    assert (row["status"], row["finished_at"], row["message"], row["checkpoint_dir"]) == ("running", None, None, "/ckpt/a")
+    store.fail_run(run_id, "failed", "NaN")
+    store.resume_run(run_id, from_iteration=60, checkpoint_dir="/ckpt/b")
+    store.complete_run(run_id, [_classification(rng)], _CURVE, {}, events=[{"event": "nan_retry", "at_iteration": 55}])
+    row = store.get_run(run_id)
+    assert row["status"] == "completed" and row["checkpoint_dir"] == "/ckpt/b" and len(store.runs()) == 1
+    assert [e["event"] for e in row["history"]] == [
+        "started", "interrupted", "resumed", "failed", "resumed", "nan_retry", "completed"
+    ]
+    assert row["history"][2] == {**row["history"][2], "from_iteration": 40, "previous_status": "interrupted", "device": "CPU"}
+    with pytest.raises(StoreError, match=rf"Cannot resume run '{run_id}': its status is 'completed'\. Only runs that did not complete"):
+        store.resume_run(run_id, from_iteration=0)
+    with pytest.raises(StoreError, match=r"Cannot resume run 'nope': no such run"):
+        store.resume_run("nope", from_iteration=0)
+    assert len(store.episode_metrics()) == 600 * 3
+
+
+def test_get_run_names_the_missing_run_and_the_newest_ones(store):
+    run_id = store.start_run(_info())
+    assert store.get_run(run_id)["run_id"] == run_id
+    with pytest.raises(StoreError, match=rf"No run 'nope' in results store .*results\.sqlite\. Its newest runs: {run_id}\."):
+        store.get_run("nope")
+
+
 # ---------------------------------------------------------------- opening
+
+
+_SCHEMA_V1 = """
+CREATE TABLE runs (run_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, finished_at TEXT,
+    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted')), message TEXT,
+    algorithm TEXT NOT NULL, dataset TEXT NOT NULL, seed INTEGER NOT NULL, backend TEXT NOT NULL, device TEXT NOT NULL,
+    config_json TEXT NOT NULL, config_hash TEXT NOT NULL, versions_json TEXT NOT NULL, git_commit TEXT, timings_json TEXT);
+CREATE TABLE evaluations (eval_id INTEGER PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs (run_id), split TEXT NOT NULL,
+    ways INTEGER, shots INTEGER NOT NULL, queries INTEGER NOT NULL, fingerprint TEXT NOT NULL, metric TEXT NOT NULL,
+    headline_steps INTEGER NOT NULL, notes_json TEXT NOT NULL);
+CREATE INDEX evaluations_run ON evaluations (run_id);
+CREATE TABLE episode_metrics (eval_id INTEGER NOT NULL REFERENCES evaluations (eval_id), inner_steps INTEGER NOT NULL,
+    episode INTEGER NOT NULL, value REAL, PRIMARY KEY (eval_id, inner_steps, episode)) WITHOUT ROWID;
+CREATE TABLE training_curve (run_id TEXT NOT NULL REFERENCES runs (run_id), iteration INTEGER NOT NULL, loss REAL,
+    metric REAL, seconds REAL);
+CREATE INDEX training_curve_run ON training_curve (run_id, iteration);
+INSERT INTO runs VALUES ('20250101-000000-00000001', '2025-01-01T00:00:00.000+00:00', '2025-01-01T00:01:00.000+00:00',
+    'completed', NULL, 'maml', 'sinusoid', 0, 'tensorflow', 'CPU', '{}', 'abc', '{}', NULL, '{}');
+INSERT INTO runs VALUES ('20250101-000000-00000002', '2025-01-01T00:00:01.000+00:00', NULL,
+    'running', NULL, 'maml', 'sinusoid', 1, 'tensorflow', 'CPU', '{}', 'abd', '{}', NULL, NULL);
+INSERT INTO evaluations VALUES (1, '20250101-000000-00000001', 'test', NULL, 5, 10, 'f', 'mse', 1, '{}');
+INSERT INTO episode_metrics VALUES (1, 1, 0, 0.5), (1, 1, 1, NULL);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_store_is_migrated_in_place_and_keeps_its_results(tmp_path, caplog):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_SCHEMA_V1)
+    with caplog.at_level("WARNING"), ResultsStore(path) as store:
+        runs = store.runs()
+        assert list(runs["status"]) == ["completed", "running"]
+        assert runs["history"].tolist() == [[], []] and runs["checkpoint_dir"].isna().all()
+        np.testing.assert_array_equal(store.episode_metrics()["value"].to_numpy(), [0.5, np.nan])
+        store.resume_run("20250101-000000-00000002", from_iteration=0)  # the new columns work
+    assert f"Migrated results store {path} from schema version 1 to 2" in caplog.text
+    assert _count(path, "PRAGMA user_version") == 2
+
+
+def test_a_version_1_store_that_cannot_be_migrated_is_refused_and_left_as_it_was(tmp_path, monkeypatch):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_SCHEMA_V1)
+    from metabench.harness import store as store_module
+
+    def fail(conn):
+        conn.execute("ALTER TABLE runs ADD COLUMN checkpoint_dir TEXT")
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setitem(store_module._MIGRATIONS, 1, fail)
+    with pytest.raises(StoreError, match=r"has schema version 1 and must be migrated to version 2 .* failed \(attempt to write "
+                                         r"a readonly database\); nothing was changed"):
+        ResultsStore(path)
+    assert _count(path, "PRAGMA user_version") == 1
+    with sqlite3.connect(path) as conn:
+        assert "checkpoint_dir" not in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+
+
+def test_episode_metrics_reads_rows_written_out_of_order(store):
+    """Episodes not numbered 0..n-1 (not as complete_run writes them) are still read exactly."""
+    run_id = store.start_run(_info())
+    store.complete_run(run_id, [_regression(np.random.default_rng(8), episodes=3)], _CURVE, {})
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("DELETE FROM episode_metrics WHERE episode = 0 AND inner_steps = 10")
+        conn.execute("INSERT INTO episode_metrics VALUES (1, 10, 7, 0.25)")
+    frame = store.episode_metrics()
+    rows = frame[frame["inner_steps"] == 10]
+    assert rows["episode"].tolist() == [1, 2, 7] and rows["value"].iloc[-1] == 0.25
+    assert frame["inner_steps"].tolist() == [1, 1, 1, 10, 10, 10]
+
+
 
 
 def test_schema_version_mismatch_names_file_versions_and_fix(tmp_path):
@@ -302,7 +404,7 @@ def test_schema_version_mismatch_names_file_versions_and_fix(tmp_path):
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA user_version = 7")
     expected = (
-        re.escape(str(path)) + r" has schema version 7, but this metabench reads schema version 1\. "
+        re.escape(str(path)) + r" has schema version 7 \(written by a newer metabench\), but this metabench reads schema version 2\. "
         r"Open it with the metabench version that wrote it, or move .* aside"
     )
     with pytest.raises(StoreError, match=expected):

@@ -114,6 +114,7 @@ def test_report_on_a_small_sweep_store(tmp_path, capsys):
     assert seconds < 60
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("METABENCH_LOAD_TEST") != "1", reason="sweep-sized load test: set METABENCH_LOAD_TEST=1 (minutes)")
 def test_report_on_a_sweep_sized_store_takes_under_a_minute(tmp_path, capsys):
     store = make_sweep_store(tmp_path / "sweep.sqlite", runs=10_000, episodes=600)

@@ -27,11 +27,17 @@ def register(commands) -> None:
                             "loops, the JAX engine vectorizes; unrolled: JAX only)")
     bench.add_argument("--parallel-tasks", type=int, default=1,
                        help="TensorFlow: parallel_iterations of the task loop; JAX with --task-map loop or unrolled: tasks per chunk")
+    bench.add_argument("--grad-of-mean", action="store_true",
+                       help="JAX, vectorized: differentiate the task-mean loss once instead of averaging per-task gradients")
     bench.add_argument("--xla", action="store_true", help="TensorFlow: compile with XLA (JAX always does)")
     bench.add_argument("--host-data", action="store_true",
                        help="hand the trainer NumPy arrays every iteration (host-to-device copy included), as the runner does")
     bench.add_argument("--precision", choices=["default", "highest"], default="default",
                        help="matmul/convolution precision: each backend's default (TF32 may be used on GPUs) or full float32")
+    bench.add_argument("--data-dir",
+                       help="time a real Omniglot run: fresh episodes from DATA_DIR/omniglot every iteration, and the "
+                            "share of time spent producing them (default: random data, the peer's)")
+    bench.add_argument("--cache-dir", help="folder for Omniglot's decoded-image cache (default: $METABENCH_CACHE or the user cache dir)")
     bench.add_argument("--image-size", type=int, default=28, help="input side in pixels, 1 channel (default: 28)")
     bench.add_argument("--filters", type=int, default=64, help="conv4 filters (default: 64)")
     bench.add_argument("--json", action="store_true", help="print one JSON line (the peer's keys and more)")
@@ -49,6 +55,12 @@ def _bench(args) -> int:
     options = {"task_map": args.task_map, "parallel_tasks": args.parallel_tasks}
     if args.xla:
         options["xla"] = True
+    if args.grad_of_mean:
+        if backend != "jax":
+            print(f"metabench: error: Received --grad-of-mean with backend={backend!r}; it is an option of the jax engine.",
+                  file=sys.stderr)
+            return 2
+        options["grad_of_mean"] = True
     try:
         result = run_bench(
             backend,
@@ -56,6 +68,7 @@ def _bench(args) -> int:
             inner_steps=args.inner_steps, inner_lr=args.inner_lr, iters=args.iters, first_order=args.first_order,
             image_size=args.image_size, filters=args.filters, host_data=args.host_data,
             matmul_precision=args.precision, engine_options=options,
+            data_dir=args.data_dir, cache_dir=args.cache_dir,
         )
     except BenchError as error:
         print(f"metabench: error: {error}", file=sys.stderr)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 
 from metabench.harness.commands import DEFAULT_STORE
 
 logger = logging.getLogger("metabench")
+
+_RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")
 
 
 def register(commands) -> None:
@@ -20,6 +23,12 @@ def register(commands) -> None:
     run.add_argument("--data-dir", help="folder holding the datasets (default: $METABENCH_DATA)")
     run.add_argument("--cache-dir", help="folder for decoded-dataset caches (default: $METABENCH_CACHE or the user cache dir)")
     run.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default: {DEFAULT_STORE})")
+    run.add_argument("--resume", nargs="?", const="latest", metavar="RUN_ID",
+                     help="continue a run that did not complete from its last checkpoint, in the same store row: "
+                          "RUN_ID (its stored config is used), or without a value the newest unfinished run of "
+                          "this config (a new run when there is none)")
+    run.add_argument("--checkpoint-dir", metavar="DIR",
+                     help="folder of the runs' checkpoint folders, DIR/<run id>/ (default: checkpoints/ beside the store)")
     run.add_argument("--backend", choices=["tensorflow", "jax"], help="override the config's backend")
     run.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -29,12 +38,22 @@ def register(commands) -> None:
 
 
 def _run(args) -> int:
-    from metabench.harness.config import load_config
+    from metabench.harness.config import ConfigError, load_config
 
     data_dir = args.data_dir or os.environ.get("METABENCH_DATA")
     source = args.config or ("quickstart_omniglot" if data_dir else "quickstart")
     overrides = list(args.overrides) + ([f"backend={args.backend}"] if args.backend else [])
-    config = load_config(source, overrides)
+    resume = args.resume
+    if resume is not None and resume != "latest" and not _RUN_ID.fullmatch(resume):
+        raise ConfigError(
+            f"Received --resume {resume!r}, which is not a run id (YYYYmmdd-HHMMSS-xxxxxxxx). To resume the newest "
+            f"unfinished run of a config, put the config first: `metabench run {resume} --resume`."
+        )
+    if resume not in (None, "latest") and args.config is None and not overrides:
+        config = _stored_config(args.store, resume)
+        source = f"run {resume}"
+    else:
+        config = load_config(source, overrides)
     if args.print_config:
         from metabench.harness.config import dump_toml
 
@@ -45,13 +64,30 @@ def _run(args) -> int:
 
     logger.info("Running %s (%s on %s); results go to %s", source, config["algorithm"]["name"], config["dataset"]["name"], args.store)
     with ResultsStore(args.store) as store:
-        summary = runner.run(config, store=store, data_dir=args.data_dir, cache_dir=args.cache_dir, show_progress=not args.no_progress)
+        summary = runner.run(config, store=store, data_dir=args.data_dir, cache_dir=args.cache_dir,
+                             show_progress=not args.no_progress, resume=resume, checkpoint_dir=args.checkpoint_dir)
     if args.json:
         print(json.dumps({"run_id": summary.run_id, "metric": summary.metric, "mean": summary.mean,
                           "ci95": summary.ci95, "episodes": summary.episodes, "inner_steps": summary.inner_steps}))
     else:
         _print_summary(summary)
     return 0
+
+
+def _stored_config(store_path: str, run_id: str) -> dict:
+    """The config run ``run_id`` was started with, validated again."""
+    from pathlib import Path
+
+    from metabench.harness.config import resolve_config
+    from metabench.harness.engines import select_backend
+    from metabench.harness.store import ResultsStore, StoreError
+
+    if not Path(store_path).exists():
+        raise StoreError(f"Cannot resume run {run_id}: there is no results store at {store_path!r}. Pass the run's --store.")
+    with ResultsStore(store_path) as store:
+        stored = store.get_run(run_id)["config"]
+    select_backend(stored.get("backend", "tensorflow"))
+    return resolve_config(stored, f"the stored config of run {run_id}")
 
 
 def _print_summary(summary) -> None:

@@ -6,8 +6,8 @@ mapped over the tasks (``jax.vmap``, or ``jax.lax.map`` over chunks of ``paralle
 memory is short), averaged, then the Keras optimizer through its stateless API
 (``optimizer.stateless_apply``). The new values are written back into the Keras variables after each
 step, so the runner's evaluator, checkpoints and anything else reading the model see them (the
-write-back costs under 0.1 ms for conv4 and Adam; keeping the arrays inside the engine would save
-nothing measurable).
+write-back costs about 0.09 ms per step for conv4 and Adam on the CPU; keeping the arrays inside the
+engine instead would save that and lose the one source of truth).
 
 Measured on the 2-core CPU (``docs/performance.md``): XLA's CPU convolutions with per-task weights
 are slow, so the TensorFlow engine is the fast path there; on a GPU this engine is the one to use
@@ -17,16 +17,14 @@ are slow, so the TensorFlow engine is the fast path there; on a GPU this engine 
 
 from __future__ import annotations
 
-import logging
 import os
 
 import jax
 import jax.numpy as jnp
+import keras
 import numpy as np
 
 from metabench.harness.engines.base import Engine, EngineError
-
-logger = logging.getLogger(__name__)
 
 TASK_MAPS = ("auto", "vectorized", "loop", "unrolled")
 
@@ -48,6 +46,9 @@ class JaxEngine(Engine):
             (the chunks written one after another into the compiled program: per-task weights stay
             plain convolutions instead of grouped ones; compile time grows with the chunk count; the
             fastest JAX form on the CPU) or ``"auto"`` (``vectorized``).
+        grad_of_mean: with ``vectorized``, differentiate the task-mean loss of the vmapped tasks
+            once, instead of vmapping each task's value-and-grad and averaging the gradients. The
+            same numbers; on the CPU 7x slower (docs/performance.md); a formulation to measure on GPUs.
 
     Example:
         >>> engine = JaxEngine(task_map="loop", parallel_tasks=8)
@@ -60,9 +61,15 @@ class JaxEngine(Engine):
     SUPPORTS_XLA = True
     SUPPORTS_DETERMINISM = True
 
-    def __init__(self, *, xla: bool = True, deterministic: bool = False, parallel_tasks: int = 1, task_map: str = "auto"):
+    def __init__(self, *, xla: bool = True, deterministic: bool = False, parallel_tasks: int = 1, task_map: str = "auto",
+                 grad_of_mean: bool = False):
         if task_map not in TASK_MAPS:
             raise EngineError(f"Received task_map={task_map!r}; expected one of {list(TASK_MAPS)} for the jax engine.")
+        if grad_of_mean and task_map not in ("auto", "vectorized"):
+            raise EngineError(
+                f"Received grad_of_mean=True with task_map={task_map!r}; the gradient of the task-mean loss needs "
+                "every task's activations at once: use task_map='vectorized'."
+            )
         if isinstance(parallel_tasks, bool) or int(parallel_tasks) < 1:
             raise EngineError(f"Received parallel_tasks={parallel_tasks!r}; expected a positive integer (tasks per chunk).")
         self.xla = bool(xla)
@@ -70,6 +77,7 @@ class JaxEngine(Engine):
         self.parallel_tasks = int(parallel_tasks)
         self.task_map = "vectorized" if task_map == "auto" else task_map
         self.VECTORIZED_TASKS = self.task_map == "vectorized"
+        self.grad_of_mean = bool(grad_of_mean)
         if self.deterministic:
             _enable_determinism()
 
@@ -106,20 +114,36 @@ class JaxEngine(Engine):
         optimizer.build(variables)
         value_and_grad = self.value_and_grad(task_loss)
 
-        def meta_step(params, optimizer_values, state, batch):
-            def one_task(task):
-                (loss, (metrics, new_state)), grads = value_and_grad(params, state, task)
-                return loss, metrics, list(new_state), grads
+        def mean(tree):
+            return jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), tree)
 
-            loss, metrics, new_state, grads = self.map_tasks(one_task, batch)
-            mean = lambda tree: jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), tree)  # noqa: E731
-            grads, new_state = mean(grads), [s.astype(old.dtype) for s, old in zip(mean(new_state), state)]
+        def meta_step(params, optimizer_values, state, batch):
+            with _reading(variables, params, state_variables, state):
+                loss, metrics, new_state, grads = mean_task_loss(params, state, batch)
+            new_state = [s.astype(old.dtype) for s, old in zip(new_state, state)]
             new_params, new_optimizer_values = optimizer.stateless_apply(optimizer_values, grads, params)
-            logs = dict(mean(metrics))
-            logs["loss"] = jnp.mean(loss)
+            logs = dict(metrics)
+            logs["loss"] = loss
             return new_params, new_optimizer_values, new_state, logs
 
+        def mean_task_loss(params, state, batch):
+            if self.grad_of_mean:
+                def mean_loss(params):
+                    loss, (metrics, new_state) = jax.vmap(lambda task: task_loss(params, state, task))(batch)
+                    return jnp.mean(loss), (mean(metrics), mean(list(new_state)))
+
+                (loss, (metrics, new_state)), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+            else:
+                def one_task(task):
+                    (loss, (metrics, new_state)), grads = value_and_grad(params, state, task)
+                    return loss, metrics, list(new_state), grads
+
+                loss, metrics, new_state, grads = mean(self.map_tasks(one_task, batch))
+            return loss, metrics, list(new_state), grads
+
         # The old values are dead once the new ones are written back: let XLA reuse their buffers.
+        # (Safe because reads of these variables inside the step go through `_reading`, so no
+        # compiled constant holds a donated buffer.)
         compiled = jax.jit(meta_step, donate_argnums=(0, 1, 2))
 
         def run(batch):
@@ -143,7 +167,8 @@ class JaxEngine(Engine):
 
         @jax.jit
         def evaluate(params, state, batch):
-            return self.map_tasks(lambda task: task_eval(params, state, task), batch)
+            with _reading(variables, params, state_variables, state):
+                return self.map_tasks(lambda task: task_eval(params, state, task), batch)
 
         def run(batch):
             results = evaluate([v.value for v in variables], [v.value for v in state_variables], dict(batch))
@@ -173,6 +198,16 @@ class JaxEngine(Engine):
             return None
         peak = stats.get("peak_bytes_in_use")
         return int(peak) if peak is not None else None
+
+
+def _reading(variables, params, state_variables, state):
+    """A scope in which reading ``variable.value`` gives the traced value passed to the compiled step.
+
+    Without it a task function that reads a variable directly (rather than through ``params`` or
+    ``state``) would see the value it had when the step was traced, baked in as a constant: stale
+    on every later call, where TensorFlow's graphs read variables live.
+    """
+    return keras.StatelessScope(state_mapping=list(zip(variables, params)) + list(zip(state_variables, state)))
 
 
 def _enable_determinism() -> None:
