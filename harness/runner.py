@@ -339,6 +339,18 @@ def meta_train(session: Session, config: dict, show_progress: bool = False) -> l
     return _train(session, config, TrainingState(), show_progress=show_progress)[1].curve
 
 
+def meta_train_resumable(session: Session, config: dict, folder: CheckpointFolder, digest: str, label: str) -> list[CurvePoint]:
+    """Meta-train with checkpoints in ``folder``, continuing from its newest checkpoint of ``digest``.
+
+    For callers outside ``run`` (sweep workers): a killed worker's run goes on where it stopped.
+    """
+    saved = folder.latest(config_hash=digest)
+    state = ckpt.restore(session.algorithm, session.optimizer, saved) if saved else TrainingState()
+    if saved:
+        logger.info("Resuming %s from meta-iteration %d (%s).", label, state.iteration, folder.path)
+    return _train(session, config, state, folder=folder, run_id=label, digest=digest)[1].curve
+
+
 def _train(
     session: Session,
     config: dict,
@@ -542,7 +554,9 @@ def _evaluate(evaluator, eval_set, prepared, config, algorithm) -> Evaluation:
     notes = dict(algorithm.notes())
     if not _has_batch_norm(algorithm.model):
         notes.pop("batch_norm", None)
-    notes["eval_inner_lr"] = getattr(algorithm, "eval_inner_lr", None) or getattr(algorithm, "inner_lr", None)
+    inner_lr = getattr(algorithm, "eval_inner_lr", None) or getattr(algorithm, "inner_lr", None)
+    if inner_lr is not None:
+        notes["eval_inner_lr"] = inner_lr
     return Evaluation(
         split=eval_set.split,
         ways=eval_set.spec.ways,

@@ -405,7 +405,10 @@ class ResultsStore:
             chunk = cursor.fetchmany(1 << 20)
             if not chunk:
                 break
-            values[filled : filled + len(chunk)] = np.array(chunk, dtype=np.float64).reshape(-1)  # NULL -> NaN
+            try:
+                values[filled : filled + len(chunk)] = np.fromiter((row[0] for row in chunk), np.float64, len(chunk))
+            except TypeError:  # a NULL (a NaN that was recorded): np.array turns None into NaN
+                values[filled : filled + len(chunk)] = np.array(chunk, dtype=np.float64).reshape(-1)
             filled += len(chunk)
         contiguous = bool(np.all(blocks[:, 3] == 0) and np.all(blocks[:, 4] == counts - 1))
         if filled != total or not contiguous:  # not as complete_run writes them: read the episode numbers too

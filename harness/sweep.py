@@ -22,7 +22,9 @@ A sweep file names a base config and what to vary::
 
 Each run is identified by the hash of its resolved config; a run whose hash already has a
 ``completed`` result in the store is skipped, so re-running a sweep after a crash finishes exactly
-what is missing. Workers compute; only the driver writes the store.
+what is missing, and a run the crash interrupted continues from its checkpoint
+(``<store folder>/checkpoints/sweep-<hash>/``, every ``train.checkpoint_every`` iterations).
+Workers compute; only the driver writes the store.
 """
 
 from __future__ import annotations
@@ -161,8 +163,12 @@ def completed_hashes(store) -> set[str]:
     return set(runs["config_hash"]) if len(runs) else set()
 
 
-def execute(planned: PlannedRun, data_dir=None, cache_dir=None, show_progress: bool = False) -> RunOutcome:
-    """Train and evaluate one planned run without touching any store (a worker's job)."""
+def execute(planned: PlannedRun, data_dir=None, cache_dir=None, show_progress: bool = False, checkpoint_root=None) -> RunOutcome:
+    """Train and evaluate one planned run without touching any store (a worker's job).
+
+    With ``checkpoint_root``, training checkpoints go to ``<checkpoint_root>/sweep-<hash>/`` and a
+    run that a killed sweep left there continues from its newest checkpoint.
+    """
     from metabench.harness import runner
     from metabench.harness.engines import get_engine, select_backend
     from metabench.harness.results import RunInfo
@@ -176,7 +182,18 @@ def execute(planned: PlannedRun, data_dir=None, cache_dir=None, show_progress: b
         import time
 
         started = time.perf_counter()
-        curve = runner.meta_train(session, config, show_progress)
+        if checkpoint_root is None:
+            curve = runner.meta_train(session, config, show_progress)
+        else:
+            from metabench.harness.checkpoint import CheckpointFolder
+
+            label = f"sweep-{planned.config_hash[:16]}"
+            folder = CheckpointFolder(Path(checkpoint_root) / label)
+            folder.acquire(label)
+            try:
+                curve = runner.meta_train_resumable(session, config, folder, planned.config_hash, label)
+            finally:
+                folder.release()
         trained = time.perf_counter()
         evaluations = runner.evaluate(session, prepared, config)
         timings = {"train_s": trained - started, "eval_s": time.perf_counter() - trained}
@@ -191,6 +208,8 @@ def execute(planned: PlannedRun, data_dir=None, cache_dir=None, show_progress: b
             versions=runner.library_versions(),
             git_commit=runner.git_commit(),
         )
+        if checkpoint_root is not None and not config["train"]["keep_checkpoints"]:
+            folder.remove()
         return RunOutcome(planned, info, evaluations, curve, timings)
     except Exception as error:  # reported to the driver, which records the run as failed
         return RunOutcome(planned, error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=5)}")
@@ -223,6 +242,7 @@ def run_sweep(runs: list[PlannedRun], store, *, executor: str = "local", workers
         raise SweepError(f"Received workers={workers}; expected at least 1.")
     done = completed_hashes(store)
     pending = [run for run in runs if run.config_hash not in done]
+    checkpoint_root = str(Path(store.path).parent / "checkpoints")
     counts = {"skipped": len(runs) - len(pending), "completed": 0, "failed": 0}
     if not pending:
         logger.info("All %d runs of the sweep already have completed results; nothing to run.", len(runs))
@@ -242,27 +262,27 @@ def run_sweep(runs: list[PlannedRun], store, *, executor: str = "local", workers
             progress.update(bar, advance=1, last=f"{outcome.planned.label}: {status}")
 
         if executor == "ray":
-            _run_ray(pending, on_outcome, data_dir, cache_dir, ray_address, retries, workers, num_gpus)
+            _run_ray(pending, on_outcome, data_dir, cache_dir, ray_address, retries, workers, num_gpus, checkpoint_root)
         elif workers == 1:
             for planned in pending:
-                on_outcome(execute(planned, data_dir, cache_dir, show_progress=False))
+                on_outcome(execute(planned, data_dir, cache_dir, False, checkpoint_root))
         else:
-            _run_pool(pending, on_outcome, workers, data_dir, cache_dir)
+            _run_pool(pending, on_outcome, workers, data_dir, cache_dir, checkpoint_root)
     return counts
 
 
-def _run_pool(pending, on_outcome, workers, data_dir, cache_dir) -> None:
+def _run_pool(pending, on_outcome, workers, data_dir, cache_dir, checkpoint_root) -> None:
     import concurrent.futures
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(execute, planned, data_dir, cache_dir) for planned in pending]
+        futures = [pool.submit(execute, planned, data_dir, cache_dir, False, checkpoint_root) for planned in pending]
         for future in concurrent.futures.as_completed(futures):
             on_outcome(future.result())
 
 
-def _run_ray(pending, on_outcome, data_dir, cache_dir, address, retries, workers, num_gpus) -> None:
+def _run_ray(pending, on_outcome, data_dir, cache_dir, address, retries, workers, num_gpus, checkpoint_root) -> None:
     try:
         import ray
     except ImportError as error:
@@ -280,7 +300,7 @@ def _run_ray(pending, on_outcome, data_dir, cache_dir, address, retries, workers
                      include_dashboard=False, log_to_driver=False)
     try:
         remote = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=retries, retry_exceptions=True)(_execute_or_raise)
-        waiting = {remote.remote(planned, data_dir, cache_dir): planned for planned in pending}
+        waiting = {remote.remote(planned, data_dir, cache_dir, checkpoint_root): planned for planned in pending}
         while waiting:
             ready, _ = ray.wait(list(waiting), num_returns=1)
             for reference in ready:
@@ -294,9 +314,10 @@ def _run_ray(pending, on_outcome, data_dir, cache_dir, address, retries, workers
             ray.shutdown()
 
 
-def _execute_or_raise(planned, data_dir, cache_dir) -> RunOutcome:
+def _execute_or_raise(planned, data_dir, cache_dir, checkpoint_root) -> RunOutcome:
     # Ray retries a task only when it raises; a failed run is raised so it gets its retries.
-    outcome = execute(planned, data_dir, cache_dir)
+    # (On a cluster the checkpoint root must be a shared folder for a retry to continue a run.)
+    outcome = execute(planned, data_dir, cache_dir, False, checkpoint_root)
     if outcome.error is not None:
         raise RuntimeError(outcome.error)
     return outcome

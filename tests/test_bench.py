@@ -62,6 +62,8 @@ def test_bench_refuses_a_bad_setting_by_name(capsys):
         run_bench("tensorflow", meta_batch=0)
     assert _bench_main(["bench", "--ways", "1", "--json"]) == 2
     assert "metabench: error: Received ways=1; expected an integer >= 2." in capsys.readouterr().err
+    assert _bench_main(["bench", "--backend", "tensorflow", "--grad-of-mean"]) == 2
+    assert "Received --grad-of-mean with backend='tensorflow'" in capsys.readouterr().err
 
 
 def test_bench_times_a_real_omniglot_run_and_the_share_spent_on_data(tmp_path):

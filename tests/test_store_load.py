@@ -114,6 +114,42 @@ def test_report_on_a_small_sweep_store(tmp_path, capsys):
     assert seconds < 60
 
 
+def test_the_fast_readers_give_what_the_plain_ones_gave(tmp_path):
+    """The store's episode read and the report's grouping are optimised, not changed: same frames."""
+    import pandas as pd
+
+    from metabench.harness import report
+    from metabench.harness.store import ResultsStore
+
+    path = make_sweep_store(tmp_path / "sweep.sqlite", runs=120, episodes=30)
+    with sqlite3.connect(path) as conn:  # one failed run with rows, which the default read leaves out
+        conn.execute("UPDATE runs SET status = 'failed' WHERE rowid = 3")
+    with ResultsStore(path) as store:
+        fast = store.episode_metrics()
+        plain = store._frame(
+            "SELECT r.run_id, r.algorithm, r.dataset, r.seed, r.backend, r.config_hash, e.eval_id, e.split, e.ways, "
+            "e.shots, e.queries, e.fingerprint, e.metric, e.headline_steps, m.inner_steps, m.episode, m.value, "
+            "e.notes_json AS notes FROM episode_metrics m JOIN evaluations e ON e.eval_id = m.eval_id "
+            "JOIN runs r ON r.run_id = e.run_id WHERE r.status = 'completed' "
+            "ORDER BY r.created_at, r.run_id, e.eval_id, m.inner_steps, m.episode"
+        )
+        assert len(store.episode_metrics(completed_only=False)) == len(fast) + 60
+    plain["ways"] = plain["ways"].astype("Int64")
+    plain["value"] = plain["value"].astype("float64")
+    for column in ("seed", "shots", "queries", "headline_steps", "inner_steps", "episode", "eval_id"):
+        plain[column] = plain[column].astype("int64")
+    pd.testing.assert_frame_equal(fast, plain)
+
+    heads = (fast["inner_steps"] == fast["headline_steps"]).to_numpy()
+    for rows in (None, heads):
+        grouped = list(report._groups(fast, report._GROUP, ["eval_id", "episode", "value"], rows=rows))
+        subset = fast if rows is None else fast[rows]
+        expected = [(k, g[["eval_id", "episode", "value"]]) for k, g in subset.groupby(report._GROUP, dropna=False, sort=False)]
+        assert [k for k, _ in grouped] == [k for k, _ in expected]
+        for (_, a), (_, b) in zip(grouped, expected):
+            pd.testing.assert_frame_equal(a, b)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("METABENCH_LOAD_TEST") != "1", reason="sweep-sized load test: set METABENCH_LOAD_TEST=1 (minutes)")
 def test_report_on_a_sweep_sized_store_takes_under_a_minute(tmp_path, capsys):

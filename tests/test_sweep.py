@@ -19,6 +19,7 @@ seeds = [0, 1]
 
 [set]
 "train.meta_iterations" = 30
+"train.checkpoint_every" = 10
 "evaluation.episodes" = 20
 "engine.deterministic" = true
 
@@ -97,8 +98,16 @@ def test_a_killed_sweep_finishes_exactly_the_missing_runs(sweep_file, tmp_path):
     before = len(_completed(store)[0])
     assert 1 <= before < 4
     assert _sweep(sweep_file, store) == 0
-    runs, _ = _completed(store)
+    runs, metrics = _completed(store)
     assert len(runs) == 4 and runs.config_hash.nunique() == 4  # each config exactly once
+    # Runs the kill cut short continued from their checkpoints and end exactly as uninterrupted ones.
+    reference = tmp_path / "reference.sqlite"
+    assert _sweep(sweep_file, reference) == 0
+    key = ["config_hash", "shots", "inner_steps", "episode"]
+    resumed = metrics.sort_values(key)[key + ["value"]].reset_index(drop=True)
+    straight = _completed(reference)[1].sort_values(key)[key + ["value"]].reset_index(drop=True)
+    assert resumed.equals(straight)
+    assert not any((tmp_path / "checkpoints").glob("sweep-*/ckpt-*"))  # cleaned up after completion
 
 
 def test_ray_executor_gives_the_local_results(sweep_file, tmp_path):
