@@ -62,6 +62,9 @@ FIXED_TABLES = {
         "inner_steps": [0, 1],
         "headline_steps": -1,  # -1: the largest of inner_steps
         "batch_size": 50,
+        "ensemble_top_k": 0,  # >0: also evaluate the top-k checkpoints by validation accuracy, logits averaged
+        "validation_split": "val",
+        "validation_episodes": 200,
     },
     "engine": {"xla": False, "deterministic": False, "parallel_tasks": 1},
 }
@@ -245,6 +248,13 @@ def _check_numbers(config: dict) -> None:
     steps = evaluation["inner_steps"]
     if not steps or any(s < 0 for s in steps):
         raise ConfigError(f"Received evaluation.inner_steps={steps}; expected a list of inner-step counts >= 0.")
+    if evaluation["ensemble_top_k"] < 0:
+        raise ConfigError(f"Received evaluation.ensemble_top_k={evaluation['ensemble_top_k']}; expected 0 (off) or a positive count.")
+    if evaluation["ensemble_top_k"] and train["checkpoint_every"] < 1:
+        raise ConfigError(
+            "evaluation.ensemble_top_k ranks the checkpoints saved every train.checkpoint_every iterations; "
+            f"set train.checkpoint_every > 0 (received {train['checkpoint_every']})."
+        )
     headline = evaluation["headline_steps"]
     if headline != -1 and headline not in steps:
         raise ConfigError(f"Received evaluation.headline_steps={headline}; it must be one of evaluation.inner_steps={steps}.")

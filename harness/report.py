@@ -268,11 +268,26 @@ def write_leaderboard(store: ResultsStore, out_dir: str | os.PathLike, *, alpha:
     return [md_path, csv_path]
 
 
+ENSEMBLE_SUFFIX = " (top-k ensemble)"
+
+
+def label_ensembles(episodes: pd.DataFrame) -> pd.DataFrame:
+    """Give checkpoint-ensemble evaluations (``harness.ensemble``) their own algorithm label, so an
+    ensemble is ranked beside, never averaged with, its run's last checkpoint."""
+    if not len(episodes):
+        return episodes
+    ensemble = episodes["notes"].fillna("").str.contains('"ensemble": "top-', regex=False)
+    if ensemble.any():
+        episodes = episodes.copy()
+        episodes.loc[ensemble, "algorithm"] = episodes.loc[ensemble, "algorithm"] + ENSEMBLE_SUFFIX
+    return episodes
+
+
 def build_report(store: ResultsStore, *, alpha: float = DEFAULT_ALPHA) -> Report:
     """Read a store's completed runs and compute every table of the report."""
     if not (isinstance(alpha, float) and 0.0 < alpha < 1.0):
         raise ValueError(f"Received alpha={alpha!r}; expected a significance level strictly between 0 and 1, e.g. 0.05.")
-    episodes = store.episode_metrics(completed_only=True)
+    episodes = label_ensembles(store.episode_metrics(completed_only=True))
     table, pairs = _analyse(episodes, alpha)
     across, values, note = across_settings(table, alpha=alpha)
     runs = store.runs()

@@ -528,7 +528,9 @@ def write_reproduction(store: ResultsStore, out_dir: str | os.PathLike, *, publi
         published = load_published(published)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    compared, unmatched = reproduction_table(store.episode_metrics(completed_only=True), store.runs(), published)
+    from metabench.harness.report import label_ensembles
+
+    compared, unmatched = reproduction_table(label_ensembles(store.episode_metrics(completed_only=True)), store.runs(), published)
     path = out_dir / "reproduction.md"
     path.write_text(render_reproduction(compared, unmatched, store_path=str(store.path), origin=published.origin), encoding="utf-8")
     logger.info("Wrote the reproduction table (%d comparison(s), %d without a published number) to %s.",

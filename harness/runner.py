@@ -94,6 +94,7 @@ class Prepared:
     input_shape: tuple
     kind: str
     output_dim: int = 1
+    validation_set: object = None
 
 
 def prepare(config: dict, data_dir=None, cache_dir=None) -> Prepared:
@@ -119,9 +120,20 @@ def prepare(config: dict, data_dir=None, cache_dir=None) -> Prepared:
             )
             for shots in eval_shots
         ]
-        return Prepared(train_pool, train_spec, eval_sets, eval_pool, train_pool.image_shape, "classification")
+        validation_set = None
+        if evaluation["ensemble_top_k"]:
+            validation_pool = dataset.split(evaluation["validation_split"])
+            validation_set = ep.classification_evaluation_set(
+                name, validation_pool, ep.EpisodeSpec(ways, eval_shots[0], eval_queries), evaluation["validation_episodes"],
+                evaluation["seed"], eval_rotations,
+            )
+            validation_set = (validation_set, validation_pool)
+        return Prepared(train_pool, train_spec, eval_sets, eval_pool, train_pool.image_shape, "classification",
+                        validation_set=validation_set)
     if train["ways"] or evaluation["ways"]:
         raise ConfigError(f"{name} is a regression task family: leave train.ways and evaluation.ways unset (0).")
+    if evaluation["ensemble_top_k"]:
+        raise ConfigError("evaluation.ensemble_top_k ensembles classifiers' logits; it is for classification datasets only.")
     train_spec = ep.EpisodeSpec(None, train["shots"], train["queries"])
     eval_sets = [
         ep.regression_evaluation_set(dataset, ep.EpisodeSpec(None, shots, eval_queries), evaluation["episodes"], evaluation["seed"], evaluation["split"])
@@ -246,7 +258,8 @@ def run(
             )
         else:
             run_id = new_run_id()
-            folder = CheckpointFolder(root / run_id)
+            # Ensembling ranks every checkpoint, so then none is deleted before evaluation.
+            folder = CheckpointFolder(root / run_id, keep=10**9 if config["evaluation"]["ensemble_top_k"] else ckpt.KEEP)
             folder.acquire(run_id)  # before the run is recorded, so no resumer takes it for a dead one
             info = RunInfo(
                 algorithm=config["algorithm"]["name"],
@@ -285,6 +298,10 @@ def run(
                 raise RunInterrupted(f"Interrupted by {stop.signal} after training (checkpoint in {folder.path}).")
             evaluation_started = time.perf_counter()
             evaluations = evaluate(session, prepared, config)
+            if config["evaluation"]["ensemble_top_k"]:
+                from metabench.harness.ensemble import evaluate_top_k
+
+                evaluations += evaluate_top_k(session, prepared, config, folder)
         timings = {"train_s": state.seconds, "eval_s": time.perf_counter() - evaluation_started}
         store.complete_run(run_id, evaluations, state.curve, timings, events=events)
     except KeyboardInterrupt as error:

@@ -29,6 +29,10 @@ def register(commands) -> None:
                        help="TensorFlow: parallel_iterations of the task loop; JAX with --task-map loop or unrolled: tasks per chunk")
     bench.add_argument("--grad-of-mean", action="store_true",
                        help="JAX, vectorized: differentiate the task-mean loss once instead of averaging per-task gradients")
+    bench.add_argument("--intra-op-threads", type=int, default=0,
+                       help="TensorFlow: intra-op thread pool size (default 0: TensorFlow's own, one per core)")
+    bench.add_argument("--inter-op-threads", type=int, default=0,
+                       help="TensorFlow: inter-op thread pool size (default 0: TensorFlow's own)")
     bench.add_argument("--xla", action="store_true", help="TensorFlow: compile with XLA (JAX always does)")
     bench.add_argument("--host-data", action="store_true",
                        help="hand the trainer NumPy arrays every iteration (host-to-device copy included), as the runner does")
@@ -55,12 +59,17 @@ def _bench(args) -> int:
     options = {"task_map": args.task_map, "parallel_tasks": args.parallel_tasks}
     if args.xla:
         options["xla"] = True
-    if args.grad_of_mean:
-        if backend != "jax":
-            print(f"metabench: error: Received --grad-of-mean with backend={backend!r}; it is an option of the jax engine.",
+    only = {"grad_of_mean": ("jax", args.grad_of_mean), "intra_op_threads": ("tensorflow", args.intra_op_threads),
+            "inter_op_threads": ("tensorflow", args.inter_op_threads)}
+    for option, (engine, value) in only.items():
+        if not value:
+            continue
+        if backend != engine:
+            flag = "--" + option.replace("_", "-")
+            print(f"metabench: error: Received {flag} with backend={backend!r}; it is an option of the {engine} engine.",
                   file=sys.stderr)
             return 2
-        options["grad_of_mean"] = True
+        options[option] = value
     try:
         result = run_bench(
             backend,

@@ -12,12 +12,16 @@ slower than vmap for the PyTorch peer on an H200): ``task_map="vectorized"`` run
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 
 from metabench.harness.engines.base import Engine, EngineError
 
 TASK_MAPS = ("auto", "loop", "vectorized")
+
+logger = logging.getLogger(__name__)
 
 
 class TensorFlowEngine(Engine):
@@ -31,6 +35,10 @@ class TensorFlowEngine(Engine):
         task_map: ``"loop"`` (a ``tf.while_loop`` over tasks accumulating each task's meta-gradient:
             the fast form on the CPU), ``"vectorized"`` (``tf.vectorized_map`` over the tasks, per-task
             gradients stacked and averaged: for GPUs) or ``"auto"`` (``loop``).
+        intra_op_threads, inter_op_threads: TensorFlow's thread pools (0: TensorFlow's default, one
+            thread per core). Few-shot steps are many small ops, where one intra-op thread can beat
+            several (``docs/performance.md``). Only settable before TensorFlow runs its first op; later
+            a different value is logged and left alone.
     """
 
     name = "tensorflow"
@@ -38,9 +46,15 @@ class TensorFlowEngine(Engine):
     SUPPORTS_XLA = True
     SUPPORTS_DETERMINISM = True
 
-    def __init__(self, *, xla: bool = False, deterministic: bool = False, parallel_tasks: int = 1, task_map: str = "auto"):
+    def __init__(self, *, xla: bool = False, deterministic: bool = False, parallel_tasks: int = 1, task_map: str = "auto",
+                 intra_op_threads: int = 0, inter_op_threads: int = 0):
         if task_map not in TASK_MAPS:
             raise EngineError(f"Received task_map={task_map!r}; expected one of {list(TASK_MAPS)} for the tensorflow engine.")
+        for name, value in (("intra_op_threads", intra_op_threads), ("inter_op_threads", inter_op_threads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise EngineError(f"Received {name}={value!r}; expected a non-negative integer (0: TensorFlow's default).")
+        self.intra_op_threads, self.inter_op_threads = intra_op_threads, inter_op_threads
+        _set_threads(intra_op_threads, inter_op_threads)
         self.xla = bool(xla)
         self.deterministic = bool(deterministic)
         self.parallel_tasks = int(parallel_tasks)
@@ -156,3 +170,18 @@ class TensorFlowEngine(Engine):
         if not tf.config.list_logical_devices("GPU"):
             return None
         return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+
+
+def _set_threads(intra: int, inter: int) -> None:
+    threading = tf.config.threading
+    for name, value, get, set_ in (
+        ("intra_op_threads", intra, threading.get_intra_op_parallelism_threads, threading.set_intra_op_parallelism_threads),
+        ("inter_op_threads", inter, threading.get_inter_op_parallelism_threads, threading.set_inter_op_parallelism_threads),
+    ):
+        if not value or get() == value:
+            continue
+        try:
+            set_(value)
+        except RuntimeError:
+            logger.warning("%s=%d not applied: TensorFlow is already running with %d; set it before the first op runs "
+                           "(or with TF_NUM_%s_THREADS).", name, value, get(), name.split("_")[0].upper() + "OP")

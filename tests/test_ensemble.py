@@ -1,0 +1,38 @@
+"""Top-k checkpoint ensembles (MAML++'s evaluation option), on real Omniglot episodes."""
+
+import json
+
+import numpy as np
+
+from metabench.harness.cli import main
+from metabench.harness.report import build_report
+from metabench.harness.store import ResultsStore
+
+
+def _run(tmp_path, data, *overrides):
+    store = tmp_path / "r.sqlite"
+    args = ["run", "quickstart_omniglot", "--data-dir", str(data), "--store", str(store), "--no-progress", "--quiet",
+            "--set", "train.meta_iterations=20", "--set", "evaluation.episodes=20", "--set", "evaluation.validation_episodes=20"]
+    for override in overrides:
+        args += ["--set", override]
+    assert main(args) == 0
+    with ResultsStore(store) as results:
+        return results.episode_metrics(), build_report(results)
+
+
+def test_top_1_of_the_final_checkpoint_equals_the_last_checkpoint(tmp_path, shared_data_dir):
+    metrics, _ = _run(tmp_path, shared_data_dir, "evaluation.ensemble_top_k=1", "train.checkpoint_every=20")
+    headline = metrics[metrics.inner_steps == 3]
+    ensemble = headline[headline.notes.str.contains("top-1 checkpoints")].sort_values("episode").value.to_numpy()
+    single = headline[~headline.notes.str.contains("top-1 checkpoints")].sort_values("episode").value.to_numpy()
+    assert len(ensemble) == len(single) == 20
+    # The same correct answers per episode (the ensemble counts in float64, the model in float32).
+    np.testing.assert_array_equal(np.round(ensemble * 75), np.round(single * 75))
+
+
+def test_top_2_ensemble_is_recorded_and_reported_apart(tmp_path, shared_data_dir):
+    metrics, report = _run(tmp_path, shared_data_dir, "evaluation.ensemble_top_k=2", "train.checkpoint_every=5")
+    notes = [json.loads(n) for n in metrics.notes.unique()]
+    ensembles = [n["ensemble"] for n in notes if "ensemble" in n]
+    assert len(ensembles) == 1 and ensembles[0].startswith("top-2 checkpoints by validation accuracy (iterations [")
+    assert {"maml", "maml (top-k ensemble)"} <= set(report.table.algorithm)
