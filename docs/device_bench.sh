@@ -18,9 +18,10 @@
 #   cp ../shared/bench/torch_maml_anchor.py .devbench/
 # Run, with the device tool:
 #   run(command="bash docs/device_bench.sh .devbench", carry=[".devbench"], timeout_s=420)
-# Every JSON line also lands in $OUT/device_bench.jsonl when $OUT is set (the device tool sets it).
+# JSON lines land in $OUT/device_bench.jsonl and stderr in $OUT/device_bench.stderr.log when $OUT
+# is set (the device tool sets it and brings both back).
 #
-# Knobs (environment): PYTHON (python3), PEER_PYTHON ($PYTHON), BUDGET_S (270: no variant starts
+# Knobs (environment): PYTHON (python3), PEER_PYTHON ($PYTHON), BUDGET_S (220: no variant starts
 # later), ITERS_A (100), ITERS_B (30), SKIP_PEER=1 (metabench only), SETTING_A / SETTING_B (bench
 # flags), PEER_COMPILE (reduce-overhead; empty: the eager peer). A CPU smoke test of this script:
 #   PEER_PYTHON=/tmp/torch-venv/bin/python PEER_COMPILE= ITERS_A=2 ITERS_B=2 \
@@ -31,13 +32,15 @@ set -uo pipefail
 WHEELS=${1:-.devbench}
 PYTHON=${PYTHON:-python3}
 PEER_PYTHON=${PEER_PYTHON:-$PYTHON}
-BUDGET_S=${BUDGET_S:-270}
+BUDGET_S=${BUDGET_S:-220}
 ITERS_A=${ITERS_A:-100}
 ITERS_B=${ITERS_B:-30}
 PEER=${PEER:-$WHEELS/torch_maml_anchor.py}
 [ -f "$PEER" ] || PEER=../shared/bench/torch_maml_anchor.py
-LOG=${OUT:-$(mktemp -d)}/device_bench.jsonl
-: >"$LOG"
+LOGDIR=${OUT:-$(mktemp -d)}
+LOG=$LOGDIR/device_bench.jsonl
+ERR=$LOGDIR/device_bench.stderr.log   # every command's stderr, for when a row says "no result"
+: >"$LOG"; : >"$ERR"
 REPO=$(pwd)
 
 # Keras from the wheels into a temporary site; metabench as links to this checkout (no install step).
@@ -63,7 +66,8 @@ peer() {  # label, timeout, args...
   local label=$1 limit=$2; shift 2
   [ "${SKIP_PEER:-0}" = 1 ] && return
   echo "== $label (${SECONDS}s)"
-  timeout "$limit" "$PEER_PYTHON" "$PEER" "$@" 2>/dev/null | label "$label"
+  echo "== $label" >>"$ERR"
+  timeout "$limit" "$PEER_PYTHON" "$PEER" "$@" 2>>"$ERR" | label "$label"
 }
 
 label() {  # the last JSON line on stdin, tagged with $1, to stdout and $LOG; a note when there is none
@@ -84,7 +88,8 @@ open(sys.argv[2], "a").write(line + "\n")
 ours() {  # label, timeout, args...
   local label=$1 limit=$2; shift 2
   echo "== $label (${SECONDS}s)"
-  timeout "$limit" "$PYTHON" - "$@" <<'EOF' 2>/dev/null |
+  echo "== $label" >>"$ERR"
+  timeout "$limit" "$PYTHON" - "$@" <<'EOF' 2>>"$ERR" |
 import argparse, sys
 from metabench.harness.commands import bench  # the module `metabench bench` runs
 parser = argparse.ArgumentParser(prog="metabench")
@@ -123,4 +128,4 @@ for r in rows:
     print(f"{r['label']:34} {r['impl']:40} {r['ms_per_meta_iter']:9.2f} {r['first_iter_s']:8.1f} "
           f"{str(r.get('device_peak_mib', '')):>8} {'' if is_peer or not peer else peer['ms_per_meta_iter']:>8} {ratio:>6}")
 EOF
-echo "done in ${SECONDS}s; JSON lines in $LOG"
+echo "done in ${SECONDS}s; JSON lines in $LOG, stderr in $ERR"

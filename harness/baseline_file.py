@@ -415,7 +415,10 @@ def config_differences(a: dict, b: dict, *, ignore: Sequence[str] = ()) -> list[
         >>> config_differences({"seed": 0, "algorithm": {"inner_lr": 0.01}}, {"seed": 1, "algorithm": {"inner_lr": 1e-4}}, ignore=["seed"])
         ['algorithm.inner_lr: 0.01 -> 0.0001']
     """
-    flat_a, flat_b = _flatten(a), _flatten(b)
+    from metabench.harness.config import hashed_view
+
+    # Compare what decides the results: display-only keys and options at their neutral value drop out.
+    flat_a, flat_b = _flatten(hashed_view(a)), _flatten(hashed_view(b))
     out = []
     missing = object()
     for key in sorted(set(flat_a) | set(flat_b)):

@@ -260,24 +260,37 @@ def _check_numbers(config: dict) -> None:
         raise ConfigError(f"Received evaluation.headline_steps={headline}; it must be one of evaluation.inner_steps={steps}.")
 
 
-def config_hash(config: dict) -> str:
-    """sha256 hex of the canonical JSON of a resolved config, without display-only keys.
+#: Options added after configs were first hashed, with the value that means "as before": while an
+#: option holds it, it (and the keys that only matter when it is on) stays out of the hash, so
+#: adding the option changed no existing config's hash, stored result or saved baseline.
+HASH_NEUTRAL = (
+    (("train", "nan_retries"), 0, (("train", "nan_lr_factor"),)),
+    (("evaluation", "ensemble_top_k"), 0, (("evaluation", "validation_split"), ("evaluation", "validation_episodes"))),
+    (("algorithm", "test_statistics"), "running", ()),
+)
 
-    Left out: :data:`NOT_HASHED` (how a run is shown or checkpointed), and ``train.nan_retries``
-    and ``train.nan_lr_factor`` while retries are off, so a config's hash did not change when
-    those options were added.
-    """
+
+def hashed_view(config: dict) -> dict:
+    """The part of a resolved config that decides what a run computes (what ``config_hash`` hashes)."""
     hashed = copy.deepcopy(config)
     for path in NOT_HASHED:
         node = hashed
         for part in path[:-1]:
             node = node.get(part, {})
         node.pop(path[-1], None)
-    train = hashed.get("train", {})
-    if train.get("nan_retries", 0) == 0:  # NaN retries off: neither key changes the result (nor the hash)
-        train.pop("nan_retries", None)
-        train.pop("nan_lr_factor", None)
-    return hashlib.sha256(json.dumps(hashed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    for (table, key), neutral, dependents in HASH_NEUTRAL:
+        node = hashed.get(table, {})
+        if key in node and node[key] == neutral:
+            node.pop(key)
+            for dependent_table, dependent in dependents:
+                hashed.get(dependent_table, {}).pop(dependent, None)
+    return hashed
+
+
+def config_hash(config: dict) -> str:
+    """sha256 hex of the canonical JSON of ``hashed_view(config)``: display-only keys
+    (:data:`NOT_HASHED`) and options at their :data:`HASH_NEUTRAL` value are left out."""
+    return hashlib.sha256(json.dumps(hashed_view(config), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def dump_toml(config: dict) -> str:

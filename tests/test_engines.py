@@ -120,3 +120,10 @@ def test_engines_say_how_they_map_tasks():
 def test_unknown_task_map_is_refused_by_name():
     with pytest.raises(EngineError, match=r"Received task_map='vmap'; expected one of \['auto', 'loop', 'vectorized'\]"):
         get_engine("tensorflow", task_map="vmap")
+
+
+def test_thread_pool_sizes_are_checked_by_name():
+    with pytest.raises(EngineError, match=r"Received intra_op_threads=-1; expected a non-negative integer \(0: TensorFlow's default\)"):
+        get_engine("tensorflow", intra_op_threads=-1)
+    engine = get_engine("tensorflow", intra_op_threads=0, inter_op_threads=0)  # 0: leave TensorFlow's pools alone
+    assert (engine.intra_op_threads, engine.inter_op_threads) == (0, 0)

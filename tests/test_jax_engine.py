@@ -81,53 +81,38 @@ def test_backend_flag_alone_selects_jax_before_keras_starts(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_engine_grads_nest_and_map_tasks_in_every_mode():
-    done = _run_jax(
-        """
-        import json
+#: Unit checks that share one JAX subprocess (each start costs seconds): name -> code that sets ``result``.
+CHECKS = {
+    "grads_nest_and_map_tasks": """
         import jax, jax.numpy as jnp, numpy as np
         from metabench.harness.engines import get_engine
 
         def loss(params, x):
             return jnp.sum(jnp.sin(params[0] * x) * params[1]), ()
 
-        engine = get_engine("jax")
-        value_and_grad = engine.value_and_grad(loss)
+        value_and_grad = get_engine("jax").value_and_grad(loss)
         # d/dw of (d/dw sum(sin(w x) b)) = -sum(x^2 sin(w x) b): the engine's gradient is differentiable.
         second = jax.grad(lambda w: value_and_grad([w, jnp.float32(2.0)], jnp.arange(3.0))[1][0])(jnp.float32(0.5))
         x = np.arange(3.0)
-        expected = float(-np.sum(x**2 * np.sin(0.5 * x) * 2.0))
         batch = {"x": jnp.arange(10.0).reshape(5, 2)}
         mapped = {}
         for mode, chunk in (("vectorized", 1), ("loop", 2), ("unrolled", 2), ("unrolled", 1)):
             engine = get_engine("jax", task_map=mode, parallel_tasks=chunk)
             out = jax.jit(lambda b: engine.map_tasks(lambda task: {"s": jnp.sum(task["x"] ** 2)}, b))(batch)
             mapped[f"{mode}-{chunk}"] = np.asarray(out["s"]).tolist()
-        print(json.dumps({"second": float(second), "expected": expected, "mapped": mapped}))
-        """
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    facts = _last_json(done.stdout)
-    assert facts["second"] == pytest.approx(facts["expected"], rel=1e-5)
-    expected = [1.0, 13.0, 41.0, 85.0, 145.0]
-    assert all(values == expected for values in facts["mapped"].values()), facts["mapped"]
-
-
-def test_every_task_map_and_gradient_form_trains_to_the_same_numbers():
-    done = _run_jax(
-        """
-        import json
+        result = {"second": float(second), "expected": float(-np.sum(x**2 * np.sin(0.5 * x) * 2.0)), "mapped": mapped}
+    """,
+    "task_maps_train_alike": """
         import keras, numpy as np
         from metabench.algorithms.maml import MAML
         from metabench.algorithms.models import mlp
         from metabench.harness.bench import set_numpy_weights
         from metabench.harness.engines import get_engine
 
-        rng = np.random.default_rng(0)
-        x = rng.uniform(-5, 5, size=(3, 5, 10, 1)).astype("float32")
+        x = np.random.default_rng(0).uniform(-5, 5, size=(3, 5, 10, 1)).astype("float32")
         batches = [{"support_x": b[:, :5], "support_y": np.sin(b[:, :5]), "query_x": b[:, 5:], "query_y": np.sin(b[:, 5:])}
                    for b in x]
-        runs = {}
+        result = {}
         for name, options in {"vectorized": {}, "grad_of_mean": {"grad_of_mean": True},
                               "loop": {"task_map": "loop", "parallel_tasks": 2},
                               "unrolled": {"task_map": "unrolled", "parallel_tasks": 2}}.items():
@@ -137,24 +122,10 @@ def test_every_task_map_and_gradient_form_trains_to_the_same_numbers():
             set_numpy_weights(model, seed=3)
             maml = MAML(inner_lr=0.05, inner_steps=1).build(model, "regression", engine)
             step = engine.make_meta_trainer(maml.task_loss, maml.meta_variables(), keras.optimizers.Adam(0.01))
-            runs[name] = [step(batch)["loss"] for batch in batches]
-            runs[name].append(float(np.sum(np.asarray(maml.meta_variables()[0].value))))  # written back
-        print(json.dumps(runs))
-        """
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = _last_json(done.stdout)
-    for name, values in runs.items():
-        assert values == pytest.approx(runs["vectorized"], rel=1e-5, abs=1e-6), name
-    assert runs["vectorized"][1] != runs["vectorized"][0]  # the weights moved between steps
-
-
-def test_compiled_steps_read_variables_live_like_tensorflow_graphs():
-    # A task function that reads a variable directly (not through params or state) must see its
-    # current value on every call, not the value it had when the step was traced.
-    done = _run_jax(
-        """
-        import json
+            result[name] = [step(batch)["loss"] for batch in batches]
+            result[name].append(float(np.sum(np.asarray(maml.meta_variables()[0].value))))  # written back
+    """,
+    "live_variable_reads": """
         import keras, numpy as np
         from keras import ops
         from metabench.harness.engines import get_engine
@@ -171,29 +142,74 @@ def test_compiled_steps_read_variables_live_like_tensorflow_graphs():
         evaluate = engine.make_evaluator(lambda p, s, task: {"seen": counter.value + 0.0 * task["x"][0]}, [w], [counter])
         batch = {"x": np.zeros((2, 2), "float32")}
         seen = [step(batch)["seen"] for _ in range(3)]
-        print(json.dumps({"train": seen, "eval": evaluate(batch)["seen"].tolist(), "counter": float(counter.value)}))
-        """
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert _last_json(done.stdout) == {"train": [0.0, 1.0, 2.0], "eval": [3.0, 3.0], "counter": 3.0}
-
-
-def test_jax_engine_refuses_bad_options_by_name():
-    done = _run_jax(
-        """
+        result = {"train": seen, "eval": evaluate(batch)["seen"].tolist(), "counter": float(counter.value)}
+    """,
+    "bad_options": """
         from metabench.harness.engines import EngineError, get_engine
+
+        result = []
         for options in ({"task_map": "vmap"}, {"parallel_tasks": 0}, {"task_map": "loop", "grad_of_mean": True}):
             try:
                 get_engine("jax", **options)
             except EngineError as error:
-                print(error)
-        """
-    )
+                result.append(str(error))
+    """,
+}
+
+RUN_CHECKS = """
+    import json, sys, textwrap, traceback
+    results = {}
+    for name, code in json.loads(sys.argv[1]).items():
+        scope = {}
+        try:
+            exec(textwrap.dedent(code), scope)
+            results[name] = scope["result"]
+        except Exception:
+            results[name] = {"error": traceback.format_exc()}
+    print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def checks():
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    done = subprocess.run([sys.executable, "-c", HIDE_TENSORFLOW + textwrap.dedent(RUN_CHECKS), json.dumps(CHECKS)],
+                          env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.strip().splitlines()
-    assert "Received task_map='vmap'; expected one of ['auto', 'vectorized', 'loop', 'unrolled']" in lines[0]
-    assert "Received parallel_tasks=0; expected a positive integer" in lines[1]
-    assert "Received grad_of_mean=True with task_map='loop'" in lines[2]
+    return _last_json(done.stdout)
+
+
+def _check(checks, name):
+    result = checks[name]
+    assert not (isinstance(result, dict) and "error" in result), result.get("error") if isinstance(result, dict) else result
+    return result
+
+
+def test_engine_grads_nest_and_map_tasks_in_every_mode(checks):
+    facts = _check(checks, "grads_nest_and_map_tasks")
+    assert facts["second"] == pytest.approx(facts["expected"], rel=1e-5)
+    expected = [1.0, 13.0, 41.0, 85.0, 145.0]
+    assert all(values == expected for values in facts["mapped"].values()), facts["mapped"]
+
+
+def test_every_task_map_and_gradient_form_trains_to_the_same_numbers(checks):
+    runs = _check(checks, "task_maps_train_alike")
+    for name, values in runs.items():
+        assert values == pytest.approx(runs["vectorized"], rel=1e-5, abs=1e-6), name
+    assert runs["vectorized"][1] != runs["vectorized"][0]  # the weights moved between steps
+
+
+def test_compiled_steps_read_variables_live_like_tensorflow_graphs(checks):
+    # A task function that reads a variable directly (not through params or state) must see its
+    # current value on every call, not the value it had when the step was traced.
+    assert _check(checks, "live_variable_reads") == {"train": [0.0, 1.0, 2.0], "eval": [3.0, 3.0], "counter": 3.0}
+
+
+def test_jax_engine_refuses_bad_options_by_name(checks):
+    messages = _check(checks, "bad_options")
+    assert "Received task_map='vmap'; expected one of ['auto', 'vectorized', 'loop', 'unrolled']" in messages[0]
+    assert "Received parallel_tasks=0; expected a positive integer" in messages[1]
+    assert "Received grad_of_mean=True with task_map='loop'" in messages[2]
 
 
 def test_switching_backend_in_a_running_process_is_refused():
