@@ -89,3 +89,16 @@ def test_list_shows_registries_and_configs(capsys):
     out = capsys.readouterr().out
     for name in ("maml", "sinusoid", "omniglot", "miniimagenet", "conv4", "quickstart"):
         assert name in out
+
+
+def test_maml_beats_pretraining_on_all_tasks_after_one_step(sinusoid_run, tmp_path):
+    """The MAML paper's Table 2 ordering, on the same episodes, at a CI budget."""
+    store = tmp_path / "pretrain.sqlite"
+    assert main(["run", "sinusoid_pretrain", "--store", str(store), "--no-progress", "--quiet",
+                 "--set", "train.meta_iterations=2000", "--set", "evaluation.episodes=300"]) == 0
+    with ResultsStore(sinusoid_run) as maml_store, ResultsStore(store) as pretrain_store:
+        maml, pretrain = maml_store.episode_metrics(), pretrain_store.episode_metrics()
+    pick = lambda m: m[(m.shots == 5) & (m.inner_steps == 1)].sort_values("episode")  # noqa: E731
+    maml_5, pretrain_5 = pick(maml), pick(pretrain)
+    assert set(maml_5.fingerprint) == set(pretrain_5.fingerprint) and len(maml_5) == len(pretrain_5) == 300
+    assert maml_5.value.mean() < 0.6 * pretrain_5.value.mean()
