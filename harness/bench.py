@@ -131,7 +131,8 @@ def run_bench(
             "data_wait_fraction": round(data_s / (data_s + step_s), 4),
         }
     return {
-        "impl": f"metabench-maml-{engine.name}-{getattr(engine, 'task_map', 'loop')}" + ("-omniglot" if data_dir else ""),
+        "impl": f"metabench-maml-{engine.name}-{getattr(engine, 'task_map', 'loop')}"
+        + ("-grad-of-mean" if getattr(engine, "grad_of_mean", False) else "") + ("-omniglot" if data_dir else ""),
         "device": engine.describe_device(),
         "ways": ways,
         "shots": shots,

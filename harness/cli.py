@@ -36,11 +36,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from metabench.harness.commands import baseline, check, listing, report, run, stats, sweep
+    from metabench.harness.commands import baseline, bench, check, listing, report, run, stats, sweep
 
     parser = argparse.ArgumentParser(prog="metabench", description="Benchmark few-shot meta-learning on fixed, fingerprinted episodes.")
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in (run, report, stats, sweep, check, baseline, listing):
+    for command in (run, report, stats, sweep, check, baseline, bench, listing):
         command.register(commands)
     return parser
 

@@ -66,11 +66,12 @@ FIXED_TABLES = {
         "validation_split": "val",
         "validation_episodes": 200,
     },
-    "engine": {"xla": False, "deterministic": False, "parallel_tasks": 1},
+    "engine": {"xla": False, "deterministic": False, "parallel_tasks": 1, "task_map": "auto"},
 }
 FIXED_CHOICES = {
     "train": {"rotations": ["none", "per_task", "classes"], "meta_lr_schedule": ["constant", "cosine"]},
     "evaluation": {"rotations": ["", "none", "per_task", "classes"]},
+    "engine": {"task_map": ["auto", "loop", "vectorized", "unrolled"]},
 }
 COMPONENT_TABLES: dict[str, Registry] = {"dataset": DATASETS, "model": MODELS, "algorithm": ALGORITHMS}
 #: keys that change how a run is shown or kept, not what it computes; left out of the config hash
@@ -264,6 +265,7 @@ def _check_numbers(config: dict) -> None:
 #: option holds it, it (and the keys that only matter when it is on) stays out of the hash, so
 #: adding the option changed no existing config's hash, stored result or saved baseline.
 HASH_NEUTRAL = (
+    (("engine", "task_map"), "auto", ()),
     (("train", "nan_retries"), 0, (("train", "nan_lr_factor"),)),
     (("evaluation", "ensemble_top_k"), 0, (("evaluation", "validation_split"), ("evaluation", "validation_episodes"))),
     (("algorithm", "test_statistics"), "running", ()),

@@ -70,12 +70,6 @@ def test_quickstart_meta_trains_and_evaluates_with_tensorflow_hidden(tmp_path):
     assert facts == {"backend": "jax", "status": "completed", "device": "CPU", "tensorflow_modules": []}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`metabench run` loads the config (whose validation imports the algorithms, hence Keras) before "
-    "the runner selects the backend, so without KERAS_BACKEND=jax Keras starts on TensorFlow. Fixed by "
-    "selecting the backend in harness/commands/run.py before load_config.",
-)
 def test_backend_flag_alone_selects_jax_before_keras_starts(tmp_path):
     done = _run_jax(QUICKSTART.replace("STORE", repr(str(tmp_path / "results.sqlite"))), keras_backend=None)
     assert done.returncode == 0, done.stderr[-3000:]

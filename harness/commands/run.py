@@ -38,7 +38,8 @@ def register(commands) -> None:
 
 
 def _run(args) -> int:
-    from metabench.harness.config import ConfigError, load_config
+    from metabench.harness.config import TOP_LEVEL, ConfigError, read_raw_config, resolve_config
+    from metabench.harness.engines import select_backend
 
     data_dir = args.data_dir or os.environ.get("METABENCH_DATA")
     source = args.config or ("quickstart_omniglot" if data_dir else "quickstart")
@@ -53,7 +54,9 @@ def _run(args) -> int:
         config = _stored_config(args.store, resume)
         source = f"run {resume}"
     else:
-        config = load_config(source, overrides)
+        raw, origin = read_raw_config(source, overrides)
+        select_backend(str(raw.get("backend", TOP_LEVEL["backend"])))  # before validation imports Keras
+        config = resolve_config(raw, origin)
     if args.print_config:
         from metabench.harness.config import dump_toml
 
