@@ -96,7 +96,7 @@ def test_a_killed_sweep_finishes_exactly_the_missing_runs(sweep_file, tmp_path):
     finally:
         process.wait()
     before = len(_completed(store)[0])
-    assert 1 <= before < 4
+    assert 0 < before < 4  # killed after at least one run landed, before the last
     assert _sweep(sweep_file, store) == 0
     runs, metrics = _completed(store)
     assert len(runs) == 4 and runs.config_hash.nunique() == 4  # each config exactly once
