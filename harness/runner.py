@@ -18,6 +18,7 @@ the meta learning rate multiplied by ``train.nan_lr_factor``.
 from __future__ import annotations
 
 import copy
+import concurrent.futures
 import dataclasses
 import logging
 import math
@@ -415,11 +416,21 @@ def _train(
         TextColumn("left"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not show_progress, transient=False) as progress:
+    # The next meta-batch is sampled on a thread while the current step computes. Batches depend
+    # only on (seed, iteration), so prefetching changes no result; one keyed by another iteration
+    # (after a NaN retry rewinds) is simply not used.
+    prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="metabench-prefetch")
+    upcoming: tuple[int, concurrent.futures.Future] | None = None
+    with prefetch, Progress(*columns, disable=not show_progress, transient=False) as progress:
         bar = progress.add_task("train", total=total, completed=state.iteration, loss="-", metric="-", metric_name=metric_name)
         while state.iteration < total:
             iteration = state.iteration
-            logs = session.trainer(session.source.batch(iteration))
+            if upcoming is not None and upcoming[0] == iteration:
+                batch = upcoming[1].result()
+            else:
+                batch = session.source.batch(iteration)
+            upcoming = (iteration + 1, prefetch.submit(session.source.batch, iteration + 1)) if iteration + 1 < total else None
+            logs = session.trainer(batch)
             loss = logs["loss"]
             if not math.isfinite(loss):
                 if state.nan_retries < retries:
