@@ -103,22 +103,13 @@ class Baseline(Algorithm):
     def task_eval(self, params, state, task, max_steps):
         params = [ops.stop_gradient(p) for p in params]
         backbone = [params[i] for i in self._backbone_index]
-        ways = _ways(task)
-        support, _ = self._features(backbone, state, task["support_x"], training=False)
-        query, _ = self._features(backbone, state, task["query_x"], training=False)
-        initial = self._new_head(int(support.shape[-1]), ways)
-        options = dict(steps=int(max_steps), learning_rate=self.finetune_lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        if self.finetune == "all":
-            features_fn = lambda weights, x: self._features(weights, state, x, training=False)[0]  # noqa: E731
-            metric, loss, predictions = heads.fit(
-                self.engine, self.objective, self._head_logits(ways), initial, task["support_x"], task["support_y"],
-                task["query_x"], task["query_y"], features_fn=features_fn, backbone_params=backbone, **options,
-            )
-        else:
-            metric, loss, predictions = heads.fit(
-                self.engine, self.objective, self._head_logits(ways), initial, support, task["support_y"], query, task["query_y"], **options
-            )
-        return {"metric": metric, "loss": loss, "predictions": predictions}
+        ways = heads.episode_ways(task)
+        return heads.fit_on_task(
+            self.engine, self.objective, self._head_logits(ways), lambda dim: self._new_head(dim, ways), task,
+            lambda weights, x: self._features(weights, state, x, training=False)[0], backbone,
+            finetune=self.finetune, steps=max_steps, learning_rate=self.finetune_lr, momentum=self.momentum,
+            weight_decay=self.weight_decay,
+        )
 
     def notes(self):
         return {
@@ -126,11 +117,6 @@ class Baseline(Algorithm):
             "finetune": f"{self.finetune} (full-batch SGD steps, lr {self.finetune_lr})",
             "batch_norm": "running statistics from pre-training",
         }
-
-
-def _ways(task) -> int:
-    """The number of classes of an episode, static: the length of its label set (``harness.episodes``)."""
-    return int(task["label_set"].shape[-1])
 
 
 class BaselinePlusPlus(Baseline):

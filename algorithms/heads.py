@@ -28,6 +28,33 @@ def cosine_logits(scale):
     return logits
 
 
+def episode_ways(task) -> int:
+    """The number of classes of an episode, static: the length of its label set (``harness.episodes``)."""
+    return int(task["label_set"].shape[-1])
+
+
+def fit_on_task(engine, objective, logits_fn, make_initial, task, features_fn, backbone_params, *, finetune, steps,
+                learning_rate, momentum, weight_decay):
+    """Fit a new head on ``task``'s support set, the backbone frozen (``finetune="head"``) or fine-tuned
+    too (``"all"``); returns ``task_eval``'s dict (``metric``/``loss`` ``[steps+1]``, ``predictions``).
+
+    ``make_initial(feature_dim)`` gives the head's starting tensors; ``features_fn(backbone_params, x)``
+    maps inputs to features ``[n, F]``.
+    """
+    support = features_fn(backbone_params, task["support_x"])
+    initial = make_initial(int(support.shape[-1]))
+    options = dict(steps=int(steps), learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay)
+    if finetune == "all":
+        metric, loss, predictions = fit(
+            engine, objective, logits_fn, initial, task["support_x"], task["support_y"], task["query_x"], task["query_y"],
+            features_fn=features_fn, backbone_params=backbone_params, **options,
+        )
+    else:
+        query = features_fn(backbone_params, task["query_x"])
+        metric, loss, predictions = fit(engine, objective, logits_fn, initial, support, task["support_y"], query, task["query_y"], **options)
+    return {"metric": metric, "loss": loss, "predictions": predictions}
+
+
 def fit(engine, objective, logits_fn, initial, support_x, support_y, query_x, query_y, *, steps, learning_rate,
         momentum=0.9, weight_decay=0.0, features_fn=None, backbone_params=()):
     """Train ``initial`` (list of head tensors) on the support set; score the query set after each step.

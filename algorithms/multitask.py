@@ -7,7 +7,7 @@ from keras import ops
 
 from metabench.algorithms import heads
 from metabench.algorithms.base import Algorithm
-from metabench.algorithms.finetune import FINETUNE, _ways
+from metabench.algorithms.finetune import FINETUNE
 
 
 class MultiTask(Algorithm):
@@ -76,26 +76,19 @@ class MultiTask(Algorithm):
 
     def task_eval(self, params, state, task, max_steps):
         params = [ops.stop_gradient(p) for p in params]
-        trunk = params[:-2]
-        outputs = _ways(task) if self.objective.kind == "classification" else int(task["support_y"].shape[-1])
+        outputs = heads.episode_ways(task) if self.objective.kind == "classification" else int(task["support_y"].shape[-1])
+
+        def new_head(dim):
+            return [keras.random.normal((dim, outputs), stddev=1.0 / dim**0.5, seed=self.head_seed), ops.zeros((outputs,))]
 
         def features_fn(weights, x):
             return self._trunk.stateless_call(weights, state, x, training=False)[0]
 
-        support, query = features_fn(trunk, task["support_x"]), features_fn(trunk, task["query_x"])
-        dim = int(support.shape[-1])
-        initial = [keras.random.normal((dim, outputs), stddev=1.0 / dim**0.5, seed=self.head_seed), ops.zeros((outputs,))]
-        options = dict(steps=int(max_steps), learning_rate=self.finetune_lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        if self.finetune == "all":
-            metric, loss, predictions = heads.fit(
-                self.engine, self.objective, heads.linear_logits, initial, task["support_x"], task["support_y"],
-                task["query_x"], task["query_y"], features_fn=features_fn, backbone_params=trunk, **options,
-            )
-        else:
-            metric, loss, predictions = heads.fit(
-                self.engine, self.objective, heads.linear_logits, initial, support, task["support_y"], query, task["query_y"], **options
-            )
-        return {"metric": metric, "loss": loss, "predictions": predictions}
+        return heads.fit_on_task(
+            self.engine, self.objective, heads.linear_logits, new_head, task, features_fn, params[:-2],
+            finetune=self.finetune, steps=max_steps, learning_rate=self.finetune_lr, momentum=self.momentum,
+            weight_decay=self.weight_decay,
+        )
 
     def notes(self):
         return {"tasks": self.num_tasks, "finetune": f"{self.finetune} (full-batch SGD steps, lr {self.finetune_lr})"}

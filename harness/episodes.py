@@ -119,8 +119,14 @@ def sample_classification_episodes(
             classes[e] = rng.choice(pool.num_classes, size=n, replace=False)
             if rotations == "per_task":
                 turns[e] = rng.integers(0, 4, size=n)
-    images = np.argsort(rng.random((num_episodes, n, pool.images_per_class)), axis=-1)[..., : k + q]
-    return ClassificationEpisodes(classes=classes, rotations=turns, support=images[..., :k], query=images[..., k:])
+    support, query = sample_image_indices(rng, num_episodes, n, pool.images_per_class, k, q)
+    return ClassificationEpisodes(classes=classes, rotations=turns, support=support, query=query)
+
+
+def sample_image_indices(rng: np.random.Generator, episodes: int, ways: int, images_per_class: int, shots: int, queries: int):
+    """Distinct image indices per (episode, class): ``support [E, N, K]`` and ``query [E, N, Q]``, disjoint."""
+    images = np.argsort(rng.random((episodes, ways, images_per_class)), axis=-1)[..., : shots + queries]
+    return images[..., :shots], images[..., shots:]
 
 
 def materialize_classification(pool: ClassPool, episodes: ClassificationEpisodes, index=slice(None)) -> dict:

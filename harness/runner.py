@@ -249,7 +249,7 @@ def run(
         session = build(_scaled(config, state.lr_scale), prepared, engine)
         if saved:
             state = ckpt.restore(session.algorithm, session.optimizer, saved)
-        details = {"device": engine.describe_device(), "versions": library_versions(), "git_commit": git_commit()}
+        details = run_details(engine)
         if target:
             run_id = target[0]
             store.resume_run(run_id, from_iteration=state.iteration, checkpoint_dir=folder.path, details=details)
@@ -262,17 +262,7 @@ def run(
             # Ensembling ranks every checkpoint, so then none is deleted before evaluation.
             folder = CheckpointFolder(root / run_id, keep=10**9 if config["evaluation"]["ensemble_top_k"] else ckpt.KEEP)
             folder.acquire(run_id)  # before the run is recorded, so no resumer takes it for a dead one
-            info = RunInfo(
-                algorithm=config["algorithm"]["name"],
-                dataset=config["dataset"]["name"],
-                seed=config["seed"],
-                config=config,
-                config_hash=digest,
-                backend=config["backend"],
-                device=details["device"],
-                versions=details["versions"],
-                git_commit=details["git_commit"],
-            )
+            info = run_info(config, digest, details)
             try:
                 store.start_run(info, run_id=run_id, checkpoint_dir=folder.path)
             except BaseException:
@@ -602,6 +592,26 @@ def _has_batch_norm(model) -> bool:
     import keras
 
     return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
+def run_details(engine) -> dict:
+    """Where a run computes: ``{"device", "versions", "git_commit"}`` (recorded at start and on resume)."""
+    return {"device": engine.describe_device(), "versions": library_versions(), "git_commit": git_commit()}
+
+
+def run_info(config: dict, digest: str, details: dict) -> RunInfo:
+    """The store's record of a run of ``config`` (hash ``digest``) computed where ``details`` says."""
+    return RunInfo(
+        algorithm=config["algorithm"]["name"],
+        dataset=config["dataset"]["name"],
+        seed=config["seed"],
+        config=config,
+        config_hash=digest,
+        backend=config["backend"],
+        device=details["device"],
+        versions=details["versions"],
+        git_commit=details["git_commit"],
+    )
 
 
 def library_versions() -> dict:

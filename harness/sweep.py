@@ -34,6 +34,8 @@ import dataclasses
 import itertools
 import logging
 import os
+import signal
+import time
 import tomllib
 import traceback
 from pathlib import Path
@@ -171,7 +173,6 @@ def execute(planned: PlannedRun, data_dir=None, cache_dir=None, show_progress: b
     """
     from metabench.harness import runner
     from metabench.harness.engines import get_engine, select_backend
-    from metabench.harness.results import RunInfo
 
     config = planned.config
     try:
@@ -179,8 +180,6 @@ def execute(planned: PlannedRun, data_dir=None, cache_dir=None, show_progress: b
         prepared = runner.prepare(config, data_dir, cache_dir)
         engine = get_engine(config["backend"], **config["engine"])
         session = runner.build(config, prepared, engine)
-        import time
-
         started = time.perf_counter()
         if checkpoint_root is None:
             curve = runner.meta_train(session, config, show_progress)
@@ -197,17 +196,7 @@ def execute(planned: PlannedRun, data_dir=None, cache_dir=None, show_progress: b
         trained = time.perf_counter()
         evaluations = runner.evaluate(session, prepared, config)
         timings = {"train_s": trained - started, "eval_s": time.perf_counter() - trained}
-        info = RunInfo(
-            algorithm=config["algorithm"]["name"],
-            dataset=config["dataset"]["name"],
-            seed=config["seed"],
-            config=config,
-            config_hash=planned.config_hash,
-            backend=config["backend"],
-            device=engine.describe_device(),
-            versions=runner.library_versions(),
-            git_commit=runner.git_commit(),
-        )
+        info = runner.run_info(config, planned.config_hash, runner.run_details(engine))
         if checkpoint_root is not None and not config["train"]["keep_checkpoints"]:
             folder.remove()
         return RunOutcome(planned, info, evaluations, curve, timings)
@@ -221,12 +210,11 @@ def record(store, outcome: RunOutcome) -> str:
         run_id = store.start_run(outcome.info)
         store.complete_run(run_id, outcome.evaluations, outcome.curve, outcome.timings)
         return run_id
-    from metabench.harness.results import RunInfo
-    from metabench.harness.runner import library_versions
+    from metabench.harness.runner import library_versions, run_info
 
     config = outcome.planned.config
-    info = RunInfo(config["algorithm"]["name"], config["dataset"]["name"], config["seed"], config,
-                   outcome.planned.config_hash, config["backend"], "unknown", library_versions())
+    details = {"device": "unknown (the worker failed)", "versions": library_versions(), "git_commit": None}
+    info = run_info(config, outcome.planned.config_hash, details)
     run_id = store.start_run(info)
     store.fail_run(run_id, "failed", outcome.error)
     return run_id
@@ -292,6 +280,8 @@ def _run_ray(pending, on_outcome, data_dir, cache_dir, address, retries, workers
     if len(backends) == 1:
         env["KERAS_BACKEND"] = backends.pop()
     started_here = not ray.is_initialized()
+    # ray.init installs its own SIGINT/SIGTERM handlers in the driver; put ours back after shutdown.
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     if started_here:
         if address:
             ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
@@ -312,6 +302,8 @@ def _run_ray(pending, on_outcome, data_dir, cache_dir, address, retries, workers
     finally:
         if started_here:
             ray.shutdown()
+            for number, handler in handlers.items():
+                signal.signal(number, handler)
 
 
 def _execute_or_raise(planned, data_dir, cache_dir, checkpoint_root) -> RunOutcome:

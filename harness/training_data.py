@@ -105,10 +105,11 @@ class FixedTasks:
         rng = ep.training_rng(self.seed, iteration)
         index = rng.integers(0, self.num_tasks, size=self.tasks)
         if isinstance(self.source, ClassPool):
-            k, q = self.spec.shots, self.spec.queries
-            images = np.argsort(rng.random((self.tasks, self.spec.ways, self.source.images_per_class)), axis=-1)[..., : k + q]
+            support, query = ep.sample_image_indices(
+                rng, self.tasks, self.spec.ways, self.source.images_per_class, self.spec.shots, self.spec.queries
+            )
             episodes = ep.ClassificationEpisodes(
-                classes=self.fixed.classes[index], rotations=self.fixed.rotations[index], support=images[..., :k], query=images[..., k:]
+                classes=self.fixed.classes[index], rotations=self.fixed.rotations[index], support=support, query=query
             )
             batch = ep.materialize_classification(self.source, episodes)
         else:
