@@ -3,8 +3,9 @@
 # graphs) against `metabench bench --backend jax`, on the same GPU in the same call, for
 #   A: 5-way 1-shot, 15 queries, meta-batch 32, 1 inner step, inner lr 0.4   (the target: ratio >= 1.0, aim 1.5)
 #   B: 20-way 1-shot, 15 queries, meta-batch 16, 5 inner steps, inner lr 0.1
-# then a few JAX-engine variants while time is left, and a ratio table (peer ms / metabench ms; above
-# 1.0 means metabench is faster). Budget: under 5 minutes of device time (compiles included).
+# then, while time is left, a real Omniglot run's share of time spent waiting on data (when the
+# archives travel in the wheels folder) and a few JAX-engine variants, and a ratio table (peer ms /
+# metabench ms; above 1.0 means metabench is faster). Budget: under 5 minutes of device time.
 #
 # The GPU machine has Python 3.12, PyTorch and JAX 0.11.2 but no TensorFlow and no Keras, and it
 # reaches no registry: Keras travels as wheels (keras, namex, optree; its other needs are there).
@@ -14,8 +15,9 @@
 #   mkdir -p .devbench && grep -qx '/.devbench/' .git/info/exclude || echo '/.devbench/' >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#       -d .devbench keras==3.15.1 namex optree
+#       -d .devbench keras==3.15.1 namex optree pillow
 #   cp ../shared/bench/torch_maml_anchor.py .devbench/
+#   mkdir -p .devbench/data/omniglot && cp ../shared/data/omniglot/*.zip .devbench/data/omniglot/   # 14 MiB
 # Run, with the device tool:
 #   run(command="bash docs/device_bench.sh .devbench", carry=[".devbench"], timeout_s=420)
 # JSON lines land in $OUT/device_bench.jsonl and stderr in $OUT/device_bench.stderr.log when $OUT
@@ -109,6 +111,11 @@ ours B-metabench 90 $SETTING_B --iters "$ITERS_B"
 variant() {
   if [ "$SECONDS" -lt "$BUDGET_S" ]; then ours "$@"; else echo "== $1 skipped (budget)"; fi
 }
+if [ -d "$WHEELS/data/omniglot" ]; then  # real episodes, made ahead on a thread as the runner makes them
+  CACHE=$(mktemp -d)  # the decoded images, made by the first of the two
+  variant A-metabench-omniglot-data 90 $SETTING_A --iters "$ITERS_A" --data-dir "$WHEELS/data" --cache-dir "$CACHE"
+  variant A-metabench-omniglot-data-no-prefetch 60 $SETTING_A --iters "$ITERS_A" --data-dir "$WHEELS/data" --cache-dir "$CACHE" --no-prefetch
+fi
 variant A-metabench-highest-precision 60 $SETTING_A --iters "$ITERS_A" --precision highest
 variant A-metabench-host-data 60 $SETTING_A --iters "$ITERS_A" --host-data
 variant A-metabench-grad-of-mean 60 $SETTING_A --iters "$ITERS_A" --grad-of-mean
@@ -120,12 +127,13 @@ echo "== table (${SECONDS}s)"
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 peers = {r["label"][0]: r for r in rows if r["label"].endswith("-peer")}
-print(f"{'label':34} {'impl':40} {'ms/iter':>9} {'first s':>8} {'dev MiB':>8} {'peer ms':>8} {'ratio':>6}")
+print(f"{'label':42} {'impl':40} {'ms/iter':>9} {'first s':>8} {'dev MiB':>8} {'peer ms':>8} {'ratio':>6} {'data wait':>9}")
 for r in rows:
     peer = peers.get(r["label"][0])
     is_peer = r["label"].endswith("-peer")
     ratio = "" if is_peer or not peer else f"{peer['ms_per_meta_iter'] / r['ms_per_meta_iter']:.2f}"
-    print(f"{r['label']:34} {r['impl']:40} {r['ms_per_meta_iter']:9.2f} {r['first_iter_s']:8.1f} "
-          f"{str(r.get('device_peak_mib', '')):>8} {'' if is_peer or not peer else peer['ms_per_meta_iter']:>8} {ratio:>6}")
+    print(f"{r['label']:42} {r['impl']:40} {r['ms_per_meta_iter']:9.2f} {r['first_iter_s']:8.1f} "
+          f"{str(r.get('device_peak_mib', '')):>8} {'' if is_peer or not peer else peer['ms_per_meta_iter']:>8} {ratio:>6} "
+          f"{str(r.get('data_wait_fraction', '')):>9}")
 EOF
 echo "done in ${SECONDS}s; JSON lines in $LOG, stderr in $ERR"

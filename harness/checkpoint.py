@@ -86,6 +86,7 @@ class TrainingState:
         seconds: training wall time of the iterations done (the curve's time axis).
         lr_scale: factor on the configured meta learning rate (below 1 after a NaN retry).
         nan_retries: NaN retries used so far.
+        data_wait_seconds: the part of ``seconds`` the loop spent waiting for its next batch.
     """
 
     iteration: int = 0
@@ -96,6 +97,7 @@ class TrainingState:
     seconds: float = 0.0
     lr_scale: float = 1.0
     nan_retries: int = 0
+    data_wait_seconds: float = 0.0
 
 
 @dataclasses.dataclass
@@ -250,6 +252,7 @@ class CheckpointFolder:
                 "seconds": float(state.seconds),
                 "lr_scale": float(state.lr_scale),
                 "nan_retries": int(state.nan_retries),
+                "data_wait_seconds": float(state.data_wait_seconds),
             }
             text = json.dumps(sidecar, indent=1, allow_nan=False).encode()
             _write_atomic(sidecar_path, lambda f: f.write(text))
@@ -332,6 +335,7 @@ class CheckpointFolder:
                 seconds=float(meta["seconds"]),
                 lr_scale=float(meta["lr_scale"]),
                 nan_retries=int(meta["nan_retries"]),
+                data_wait_seconds=float(meta.get("data_wait_seconds", 0.0)),  # older checkpoints lack it
             )
             python_rng = meta["rng"]["python"]
             rng = {

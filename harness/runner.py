@@ -18,7 +18,6 @@ the meta learning rate multiplied by ``train.nan_lr_factor``.
 from __future__ import annotations
 
 import copy
-import concurrent.futures
 import dataclasses
 import logging
 import math
@@ -38,6 +37,7 @@ from metabench.harness.checkpoint import CheckpointError, CheckpointFolder, Trai
 from metabench.harness.config import ConfigError, config_hash
 from metabench.harness import training_data
 from metabench.harness.engines import get_engine, select_backend
+from metabench.harness.prefetch import Prefetcher
 from metabench.harness.registry import ALGORITHMS, DATASETS, MODELS
 from metabench.harness.results import CurvePoint, Evaluation, RunInfo
 from metabench.harness.stats import mean_ci95
@@ -287,13 +287,18 @@ def run(
             stop.defer = False  # the final checkpoint is saved: a signal now stops evaluation at once
             if stop.signal is not None:  # it arrived while that checkpoint was written
                 raise RunInterrupted(f"Interrupted by {stop.signal} after training (checkpoint in {folder.path}).")
+            logger.info(
+                "Meta-training took %.1f s, %.2f s (%.2f%%) of it waiting for the next meta-batch.",
+                state.seconds, state.data_wait_seconds, 100 * state.data_wait_seconds / max(state.seconds, 1e-9),
+            )
             evaluation_started = time.perf_counter()
             evaluations = evaluate(session, prepared, config)
             if config["evaluation"]["ensemble_top_k"]:
                 from metabench.harness.ensemble import evaluate_top_k
 
                 evaluations += evaluate_top_k(session, prepared, config, folder)
-        timings = {"train_s": state.seconds, "eval_s": time.perf_counter() - evaluation_started}
+        timings = {"train_s": state.seconds, "data_wait_s": state.data_wait_seconds,
+                   "eval_s": time.perf_counter() - evaluation_started}
         store.complete_run(run_id, evaluations, state.curve, timings, events=events)
     except KeyboardInterrupt as error:
         message = str(error) or "interrupted by the user (KeyboardInterrupt)"
@@ -339,15 +344,16 @@ def run(
     return RunSummary(run_id, evaluations[0].metric, first["mean"], first["ci95"], len(prepared.eval_sets[0]), first["inner_steps"], settings)
 
 
-def meta_train(session: Session, config: dict, show_progress: bool = False) -> list[CurvePoint]:
-    """Run ``train.meta_iterations`` steps; returns the logged training curve.
+def meta_train(session: Session, config: dict, show_progress: bool = False) -> TrainingState:
+    """Run ``train.meta_iterations`` steps; returns where training ended (``.curve``: the logged
+    training curve, ``.seconds``, ``.data_wait_seconds``).
 
     No checkpoints and no NaN retries: :func:`run` adds those.
     """
-    return _train(session, config, TrainingState(), show_progress=show_progress)[1].curve
+    return _train(session, config, TrainingState(), show_progress=show_progress)[1]
 
 
-def meta_train_resumable(session: Session, config: dict, folder: CheckpointFolder, digest: str, label: str) -> list[CurvePoint]:
+def meta_train_resumable(session: Session, config: dict, folder: CheckpointFolder, digest: str, label: str) -> TrainingState:
     """Meta-train with checkpoints in ``folder``, continuing from its newest checkpoint of ``digest``.
 
     For callers outside ``run`` (sweep workers): a killed worker's run goes on where it stopped.
@@ -356,7 +362,7 @@ def meta_train_resumable(session: Session, config: dict, folder: CheckpointFolde
     state = ckpt.restore(session.algorithm, session.optimizer, saved) if saved else TrainingState()
     if saved:
         logger.info("Resuming %s from meta-iteration %d (%s).", label, state.iteration, folder.path)
-    return _train(session, config, state, folder=folder, run_id=label, digest=digest)[1].curve
+    return _train(session, config, state, folder=folder, run_id=label, digest=digest)[1]
 
 
 def _train(
@@ -406,20 +412,15 @@ def _train(
         TextColumn("left"),
         TimeRemainingColumn(),
     )
-    # The next meta-batch is sampled on a thread while the current step computes. Batches depend
-    # only on (seed, iteration), so prefetching changes no result; one keyed by another iteration
-    # (after a NaN retry rewinds) is simply not used.
-    prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="metabench-prefetch")
-    upcoming: tuple[int, concurrent.futures.Future] | None = None
-    with prefetch, Progress(*columns, disable=not show_progress, transient=False) as progress:
+    # The next meta-batch is made on a thread while the current step computes (see harness.prefetch).
+    batches = Prefetcher(lambda i: session.source.batch(i), total)
+    with batches, Progress(*columns, disable=not show_progress, transient=False) as progress:
         bar = progress.add_task("train", total=total, completed=state.iteration, loss="-", metric="-", metric_name=metric_name)
         while state.iteration < total:
             iteration = state.iteration
-            if upcoming is not None and upcoming[0] == iteration:
-                batch = upcoming[1].result()
-            else:
-                batch = session.source.batch(iteration)
-            upcoming = (iteration + 1, prefetch.submit(session.source.batch, iteration + 1)) if iteration + 1 < total else None
+            waited = batches.wait_seconds
+            batch = batches.get(iteration)
+            state.data_wait_seconds += batches.wait_seconds - waited
             logs = session.trainer(batch)
             loss = logs["loss"]
             if not math.isfinite(loss):

@@ -180,9 +180,8 @@ def execute(planned: PlannedRun, data_dir=None, cache_dir=None, show_progress: b
         prepared = runner.prepare(config, data_dir, cache_dir)
         engine = get_engine(config["backend"], **config["engine"])
         session = runner.build(config, prepared, engine)
-        started = time.perf_counter()
         if checkpoint_root is None:
-            curve = runner.meta_train(session, config, show_progress)
+            trained = runner.meta_train(session, config, show_progress)
         else:
             from metabench.harness.checkpoint import CheckpointFolder
 
@@ -190,16 +189,17 @@ def execute(planned: PlannedRun, data_dir=None, cache_dir=None, show_progress: b
             folder = CheckpointFolder(Path(checkpoint_root) / label)
             folder.acquire(label)
             try:
-                curve = runner.meta_train_resumable(session, config, folder, planned.config_hash, label)
+                trained = runner.meta_train_resumable(session, config, folder, planned.config_hash, label)
             finally:
                 folder.release()
-        trained = time.perf_counter()
+        evaluation_started = time.perf_counter()
         evaluations = runner.evaluate(session, prepared, config)
-        timings = {"train_s": trained - started, "eval_s": time.perf_counter() - trained}
+        timings = {"train_s": trained.seconds, "data_wait_s": trained.data_wait_seconds,
+                   "eval_s": time.perf_counter() - evaluation_started}
         info = runner.run_info(config, planned.config_hash, runner.run_details(engine))
         if checkpoint_root is not None and not config["train"]["keep_checkpoints"]:
             folder.remove()
-        return RunOutcome(planned, info, evaluations, curve, timings)
+        return RunOutcome(planned, info, evaluations, trained.curve, timings)
     except Exception as error:  # reported to the driver, which records the run as failed
         return RunOutcome(planned, error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=5)}")
 

@@ -70,9 +70,17 @@ def test_bench_times_a_real_omniglot_run_and_the_share_spent_on_data(tmp_path):
     from test_omniglot import make_omniglot  # synthetic archives in the official layout
 
     make_omniglot(tmp_path / "data", background={"Alpha": 3, "Beta": 3}, evaluation={"Gamma": 3})
-    result = run_bench("tensorflow", ways=2, shots=1, queries=2, meta_batch=2, iters=2, image_size=8, filters=2,
-                       data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), split_scheme="official")
-    assert result["impl"] == "metabench-maml-tensorflow-loop-omniglot" and result["host_data"] is True
-    assert result["data_ms_per_meta_iter"] > 0 and result["step_ms_per_meta_iter"] > 0
-    assert 0 < result["data_wait_fraction"] < 1
-    assert result["ms_per_meta_iter"] == pytest.approx(result["data_ms_per_meta_iter"] + result["step_ms_per_meta_iter"], abs=0.02)
+    setting = dict(ways=2, shots=1, queries=2, meta_batch=2, iters=3, image_size=8, filters=2,
+                   data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), split_scheme="official")
+    ahead = run_bench("tensorflow", **setting)
+    assert ahead["impl"] == "metabench-maml-tensorflow-loop-omniglot" and ahead["host_data"] is True
+    assert ahead["prefetch"] is True
+    assert ahead["data_ms_per_meta_iter"] > 0 and ahead["step_ms_per_meta_iter"] > 0
+    assert 0 <= ahead["data_wait_fraction"] < 1
+    assert ahead["ms_per_meta_iter"] == pytest.approx(ahead["data_wait_ms_per_meta_iter"] + ahead["step_ms_per_meta_iter"], abs=0.02)
+
+    in_line = run_bench("tensorflow", prefetch=False, **setting)
+    assert in_line["prefetch"] is False and 0 < in_line["data_wait_fraction"] < 1
+    # made in line, every millisecond of making a batch is a millisecond waited
+    assert in_line["data_wait_ms_per_meta_iter"] == in_line["data_ms_per_meta_iter"] > 0
+    assert in_line["loss"] == ahead["loss"]  # same batches either way

@@ -35,6 +35,7 @@ def _fake(iteration: int, run_id: str = "run-a", config_hash: str = "h" * 64) ->
             window_metric=[0.25, 0.125],
             last_finite=0.5,
             seconds=1.25,
+            data_wait_seconds=0.125,
         ),
         weights=[rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=2).astype(np.float32)],
         model_variables=[],

@@ -47,6 +47,9 @@ def test_run_records_its_metadata(sinusoid_run):
     assert sorted(metrics.shots.unique()) == [5, 10]
     assert metrics.groupby("shots").fingerprint.nunique().eq(1).all()
     assert sorted(metrics.inner_steps.unique()) == [0, 1, 5, 10]
+    # time blocked on the next meta-batch is recorded, as a part of the training time
+    assert set(run.timings) == {"train_s", "data_wait_s", "eval_s"}
+    assert 0 < run.timings["data_wait_s"] < run.timings["train_s"]
 
 
 def test_json_summary_and_report(tmp_path, capsys):

@@ -78,6 +78,8 @@ def test_running_a_sweep_twice_runs_nothing_the_second_time(sweep_file, tmp_path
     assert capsys.readouterr().out.strip().endswith('{"skipped": 4, "completed": 0, "failed": 0}')
     runs, _ = _completed(store)
     assert len(runs) == 4 and runs.config_hash.nunique() == 4
+    for timings in runs.timings:  # the runner's phases, waiting on data a part of training
+        assert set(timings) == {"train_s", "data_wait_s", "eval_s"} and 0 <= timings["data_wait_s"] < timings["train_s"]
 
 
 def test_a_killed_sweep_finishes_exactly_the_missing_runs(sweep_file, tmp_path):

@@ -41,6 +41,9 @@ def register(commands) -> None:
     bench.add_argument("--data-dir",
                        help="time a real Omniglot run: fresh episodes from DATA_DIR/omniglot every iteration, and the "
                             "share of time spent producing them (default: random data, the peer's)")
+    bench.add_argument("--no-prefetch", action="store_true",
+                       help="with --data-dir: make each batch in line before its step instead of ahead on a thread "
+                            "(shows the time prefetching hides)")
     bench.add_argument("--cache-dir", help="folder for Omniglot's decoded-image cache (default: $METABENCH_CACHE or the user cache dir)")
     bench.add_argument("--image-size", type=int, default=28, help="input side in pixels, 1 channel (default: 28)")
     bench.add_argument("--filters", type=int, default=64, help="conv4 filters (default: 64)")
@@ -77,7 +80,7 @@ def _bench(args) -> int:
             inner_steps=args.inner_steps, inner_lr=args.inner_lr, iters=args.iters, first_order=args.first_order,
             image_size=args.image_size, filters=args.filters, host_data=args.host_data,
             matmul_precision=args.precision, engine_options=options,
-            data_dir=args.data_dir, cache_dir=args.cache_dir,
+            data_dir=args.data_dir, cache_dir=args.cache_dir, prefetch=not args.no_prefetch,
         )
     except BenchError as error:
         print(f"metabench: error: {error}", file=sys.stderr)
