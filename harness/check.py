@@ -452,7 +452,8 @@ def _candidate_from_config(baseline, config, overrides, store_path, data_dir, ca
         path = Path(store_path) if store_path else Path(temporary) / "results.sqlite"
         logger.info("Running the candidate (%s) into %s", origin, path if store_path else "a temporary store")
         with ResultsStore(path) as store:
-            summary = runner.run(resolved, store=store, data_dir=data_dir, cache_dir=cache_dir, show_progress=show_progress)
+            summary = runner.run(resolved, store=store, data_dir=data_dir, cache_dir=cache_dir,
+                                 show_progress=show_progress, prepared=prepared)
             candidate = Baseline.from_store(store, [summary.run_id])
     where = f"store {path}" if store_path else "a temporary store"
     return candidate, f"{origin}, run now into {where}"

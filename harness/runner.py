@@ -211,6 +211,7 @@ def run(
     show_progress: bool = True,
     resume: str | None = None,
     checkpoint_dir=None,
+    prepared: Prepared | None = None,
 ) -> RunSummary:
     """Meta-train and evaluate ``config`` (resolved), recording the run in ``store``.
 
@@ -227,6 +228,8 @@ def run(
             other process is training, or start a new run when there is none.
         checkpoint_dir: folder of the runs' checkpoint folders (``<checkpoint_dir>/<run_id>/``);
             default: ``checkpoints/`` beside the store (or, on resume, where the run kept them).
+        prepared: what :func:`prepare` returned for this ``config``, ``data_dir`` and
+            ``cache_dir``, for a caller that already prepared them (default: prepared here).
 
     Raises:
         ConfigError: ``resume`` names a run of another config.
@@ -242,7 +245,8 @@ def run(
     target = _resume_target(store, resume, digest, root, explicit_root=checkpoint_dir is not None)
     folder = target[1] if target else None
     try:
-        prepared = prepare(config, data_dir, cache_dir)
+        if prepared is None:
+            prepared = prepare(config, data_dir, cache_dir)
         engine = get_engine(config["backend"], **config["engine"])
         saved = folder.latest(run_id=target[0], config_hash=digest) if target else None
         state = saved.state if saved else TrainingState()
