@@ -25,8 +25,59 @@ class BatchNorm(keras.layers.BatchNormalization):
         return ops.squeeze(mean, axis=axes), variance
 
 
+class MatmulConv2D(keras.layers.Conv2D):
+    """A 2-D convolution computed as image patches times the kernel matrix (im2col).
+
+    Same weights, same results (to float rounding) and same options as ``keras.layers.Conv2D``
+    for ``channels_last`` inputs, no dilation and no groups; only the computation differs. When an
+    engine maps a model over tasks that each have their own weights (``jax.vmap`` over adapted
+    parameters), a native convolution becomes a grouped convolution, one group per task, which
+    some kernels run slowly; this form becomes a batched matrix product instead.
+
+    Call: ``x [batch, H, W, C] -> [batch, H', W', filters]``; the patches are
+    ``[batch, H', W', kh * kw * C]``, ordered as the kernel ``[kh, kw, C, filters]`` flattens.
+    """
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        if self.data_format != "channels_last" or any(d != 1 for d in self.dilation_rate) or self.groups != 1:
+            raise ValueError(
+                f"MatmulConv2D takes channels_last inputs without dilation or groups; received "
+                f"data_format={self.data_format!r}, dilation_rate={self.dilation_rate}, groups={self.groups}. "
+                "Use keras.layers.Conv2D for those."
+            )
+
+    def convolution_op(self, inputs, kernel):
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+        if self.padding == "same":
+            out_h, out_w = -(-height // sh), -(-width // sw)
+            pad_h, pad_w = max((out_h - 1) * sh + kh - height, 0), max((out_w - 1) * sw + kw - width, 0)
+            inputs = ops.pad(inputs, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+        else:
+            out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+        taps = [
+            inputs[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
+            for i in range(kh)
+            for j in range(kw)
+        ]
+        patches = ops.concatenate(taps, axis=-1)
+        return ops.matmul(patches, ops.reshape(kernel, (kh * kw * channels, self.filters)))
+
+
+#: ``conv4``'s ``conv`` option: how its convolutions are computed.
+CONV_FORMS = {"native": keras.layers.Conv2D, "matmul": MatmulConv2D}
+
+
 def conv4(
-    input_shape, num_classes: int, *, filters: int = 64, strided: bool = True, batch_norm: bool = True, bn_momentum: float = 0.9
+    input_shape,
+    num_classes: int,
+    *,
+    filters: int = 64,
+    strided: bool = True,
+    batch_norm: bool = True,
+    bn_momentum: float = 0.9,
+    conv: str = "native",
 ) -> keras.Model:
     """Four blocks of [3x3 conv, batch norm, ReLU] then flatten and a linear layer.
 
@@ -36,13 +87,19 @@ def conv4(
     ``bn_momentum`` is Keras's convention (PyTorch's momentum 0.1 is 0.9 here); it only matters for
     algorithms that keep running statistics (MAML++ with per-step statistics, the baselines).
 
+    ``conv``: ``"native"`` (``keras.layers.Conv2D``) or ``"matmul"`` (:class:`MatmulConv2D`, the
+    same convolutions as patches times a matrix: faster under the JAX engine's ``vmap`` over tasks,
+    where per-task weights would make native convolutions grouped ones).
+
     Call: ``x [batch, H, W, C] -> logits [batch, num_classes]``. For 28x28x1 inputs and stride 2 the
     flattened features are 2x2x64 = 256.
     """
+    if conv not in CONV_FORMS:
+        raise ValueError(f"Received conv={conv!r}; expected one of {sorted(CONV_FORMS)}.")
     inputs = keras.Input(tuple(input_shape))
     x = inputs
     for _ in range(4):
-        x = keras.layers.Conv2D(filters, 3, strides=2 if strided else 1, padding="same")(x)
+        x = CONV_FORMS[conv](filters, 3, strides=2 if strided else 1, padding="same")(x)
         if batch_norm:
             x = BatchNorm(momentum=bn_momentum)(x)
         x = keras.layers.ReLU()(x)

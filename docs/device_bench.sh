@@ -111,6 +111,8 @@ ours B-metabench 90 $SETTING_B --iters "$ITERS_B"
 variant() {
   if [ "$SECONDS" -lt "$BUDGET_S" ]; then ours "$@"; else echo "== $1 skipped (budget)"; fi
 }
+variant A-metabench-matmul-conv 60 $SETTING_A --iters "$ITERS_A" --conv matmul   # plain batched matmuls, no grouped convs
+variant B-metabench-matmul-conv 90 $SETTING_B --iters "$ITERS_B" --conv matmul
 if [ -d "$WHEELS/data/omniglot" ]; then  # real episodes, made ahead on a thread as the runner makes them
   CACHE=$(mktemp -d)  # the decoded images, made by the first of the two
   variant A-metabench-omniglot-data 90 $SETTING_A --iters "$ITERS_A" --data-dir "$WHEELS/data" --cache-dir "$CACHE"

@@ -48,6 +48,7 @@ def run_bench(
     first_order: bool = False,
     image_size: int = 28,
     filters: int = 64,
+    conv: str = "native",
     host_data: bool = False,
     matmul_precision: str = "default",
     engine_options: dict | None = None,
@@ -66,6 +67,8 @@ def run_bench(
         inner_steps, inner_lr, first_order: MAML's inner loop, as in ``metabench.algorithms.maml.MAML``.
         iters: timed meta-iterations (the first, compiled one is extra).
         image_size, filters: the input side (1 channel) and conv4's width; 28 and 64 are Omniglot's.
+        conv: conv4's convolutions, ``"native"`` or ``"matmul"`` (patches times a matrix; see
+            ``metabench.algorithms.models.MatmulConv2D``).
         host_data: hand the trainer NumPy arrays each iteration (the runner's path, host-to-device copy
             included) rather than backend tensors made once (the peer's path: its data stay on the device).
         matmul_precision: ``"default"`` (each backend's own: TF32 convolutions may be used on Ampere
@@ -85,12 +88,12 @@ def run_bench(
 
     Returns:
         A dict with ``PEER_KEYS`` and ``backend``, ``inner_lr``, ``first_order``, ``iters``,
-        ``image_size``, ``filters``, ``host_data``, ``matmul_precision``, ``engine_options``, ``loss``
+        ``image_size``, ``filters``, ``conv``, ``host_data``, ``matmul_precision``, ``engine_options``, ``loss``
         (the last meta-training loss), ``rss_before_mib`` (peak host RSS before the first step),
         ``peak_rss_mib`` (peak host RSS at the end) and ``device_peak_mib`` (peak device memory
         where the backend reports it, else None).
     """
-    _bench_iv(ways, shots, queries, meta_batch, inner_steps, inner_lr, iters, image_size, filters, matmul_precision)
+    _bench_iv(ways, shots, queries, meta_batch, inner_steps, inner_lr, iters, image_size, filters, matmul_precision, conv)
     select_backend(backend)
     import keras  # after select_backend: Keras reads its backend once, at import
 
@@ -101,7 +104,7 @@ def run_bench(
     engine = get_engine(backend, **engine_options)
     if matmul_precision == "highest":
         engine.set_matmul_precision("highest")
-    model = conv4((image_size, image_size, 1), ways, filters=filters)
+    model = conv4((image_size, image_size, 1), ways, filters=filters, conv=conv)
     set_numpy_weights(model, seed)
     maml = MAML(inner_lr=inner_lr, inner_steps=inner_steps, first_order=first_order).build(model, "classification", engine)
     optimizer = keras.optimizers.Adam(1e-3)
@@ -141,7 +144,8 @@ def run_bench(
         }
     return {
         "impl": f"metabench-maml-{engine.name}-{getattr(engine, 'task_map', 'loop')}"
-        + ("-grad-of-mean" if getattr(engine, "grad_of_mean", False) else "") + ("-omniglot" if data_dir else ""),
+        + ("-grad-of-mean" if getattr(engine, "grad_of_mean", False) else "") + ("-matmul-conv" if conv == "matmul" else "")
+        + ("-omniglot" if data_dir else ""),
         "device": engine.describe_device(),
         "ways": ways,
         "shots": shots,
@@ -157,6 +161,7 @@ def run_bench(
         "iters": iters,
         "image_size": image_size,
         "filters": filters,
+        "conv": conv,
         "host_data": bool(host_data or data_dir is not None),
         "matmul_precision": matmul_precision,
         "engine_options": engine_options,
@@ -240,7 +245,7 @@ def set_numpy_weights(model, seed: int = 0) -> None:
         variable.assign(rng.uniform(-limit, limit, size=shape).astype(variable.dtype))
 
 
-def _bench_iv(ways, shots, queries, meta_batch, inner_steps, inner_lr, iters, image_size, filters, matmul_precision):
+def _bench_iv(ways, shots, queries, meta_batch, inner_steps, inner_lr, iters, image_size, filters, matmul_precision, conv):
     for name, value, least in (("ways", ways, 2), ("shots", shots, 1), ("queries", queries, 1), ("meta_batch", meta_batch, 1),
                                ("inner_steps", inner_steps, 1), ("iters", iters, 1), ("image_size", image_size, 4),
                                ("filters", filters, 1)):
@@ -250,6 +255,8 @@ def _bench_iv(ways, shots, queries, meta_batch, inner_steps, inner_lr, iters, im
         raise BenchError(f"Received inner_lr={inner_lr!r}; expected a positive step size.")
     if matmul_precision not in ("default", "highest"):
         raise BenchError(f"Received matmul_precision={matmul_precision!r}; expected 'default' or 'highest'.")
+    if conv not in ("native", "matmul"):
+        raise BenchError(f"Received conv={conv!r}; expected 'native' or 'matmul'.")
 
 
 def _peak_rss_mib() -> float:

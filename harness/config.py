@@ -269,6 +269,7 @@ HASH_NEUTRAL = (
     (("train", "nan_retries"), 0, (("train", "nan_lr_factor"),)),
     (("evaluation", "ensemble_top_k"), 0, (("evaluation", "validation_split"), ("evaluation", "validation_episodes"))),
     (("algorithm", "test_statistics"), "running", ()),
+    (("model", "conv"), "native", ()),
 )
 
 

@@ -215,8 +215,8 @@ def _builtin_models(registry: Registry) -> None:
     registry.register(
         "conv4",
         lambda input_shape, outputs, **options: conv4(input_shape, outputs, **options),
-        {"filters": 64, "strided": True, "batch_norm": True, "bn_momentum": 0.9},
-        {},
+        {"filters": 64, "strided": True, "batch_norm": True, "bn_momentum": 0.9, "conv": "native"},
+        {"conv": ["native", "matmul"]},
         "Four 3x3 conv blocks with batch norm and ReLU, then linear (MAML's Omniglot/miniImageNet network).",
     )
 

@@ -162,8 +162,7 @@ def build(config: dict, prepared: Prepared, engine, algorithm=None) -> Session:
     import keras
 
     if algorithm is None:
-        algorithm_options = {k: v for k, v in config["algorithm"].items() if k != "name"}
-        algorithm = ALGORITHMS.get(config["algorithm"]["name"]).factory(**algorithm_options)
+        algorithm = _component(config, "algorithm", ALGORITHMS)
     name = type(algorithm).__name__
     if prepared.kind not in algorithm.task_kinds:
         raise ConfigError(f"Algorithm {config['algorithm']['name']!r} handles {list(algorithm.task_kinds)} tasks, not {prepared.kind}.")
@@ -182,8 +181,7 @@ def build(config: dict, prepared: Prepared, engine, algorithm=None) -> Session:
     keras.utils.set_random_seed(config["seed"])
     pooled = getattr(source, "num_classes", None)
     outputs = algorithm.output_units(train_ways if prepared.kind == "classification" else prepared.output_dim, pooled)
-    model_options = {k: v for k, v in config["model"].items() if k != "name"}
-    model = MODELS.get(config["model"]["name"]).factory(prepared.input_shape, outputs, **model_options)
+    model = _component(config, "model", MODELS, prepared.input_shape, outputs)
     algorithm.build(model, prepared.kind, engine)
 
     train = config["train"]
@@ -597,6 +595,17 @@ def _has_batch_norm(model) -> bool:
     import keras
 
     return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
+def _component(config: dict, table: str, registry, *args):
+    """Build the ``[table]`` component of ``config`` from ``registry``; a value it refuses is a ConfigError."""
+    name = config[table]["name"]
+    options = {k: v for k, v in config[table].items() if k != "name"}
+    try:
+        return registry.get(name).factory(*args, **options)
+    except ValueError as error:
+        raise ConfigError(f"{table} {name!r} refused its options: {error} Change it in the config's [{table}] "
+                          f"table or with --set {table}.OPTION=VALUE.") from error
 
 
 def run_details(engine) -> dict:

@@ -212,6 +212,23 @@ def test_catalogue_negative_or_zero_ways_shots_queries(tmp_path, capsys, overrid
     assert not store.exists()
 
 
+def test_catalogue_option_value_the_component_refuses(tmp_path, capsys):
+    # the config layer checks keys and types; the algorithm checks its own ranges
+    code, store = _run(tmp_path, "quickstart", "--set", "algorithm.inner_steps=0")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "algorithm 'maml' refused its options: Received inner_steps=0; expected at least 1." in err
+    assert "--set algorithm.OPTION=VALUE" in err and "Traceback" not in err
+    assert _no_result(store)
+
+
+def test_catalogue_model_option_outside_its_choices(tmp_path, capsys):
+    code, store = _run(tmp_path, "quickstart_omniglot", "--set", "model.conv=im2col")
+    assert code == 2
+    assert "Received model.conv='im2col'; allowed values: ['native', 'matmul']." in capsys.readouterr().err
+    assert not store.exists()
+
+
 def test_catalogue_zero_ways_on_a_classification_dataset(tmp_path, capsys):
     code, store = _run_tiny(tmp_path, _omniglot(tmp_path / "data"), ways=0)
     assert code == 2

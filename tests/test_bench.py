@@ -45,10 +45,12 @@ def test_bench_json_on_jax():
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_bench; "
             "sys.exit(test_bench._bench_main(sys.argv[2:]))")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-    done = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__), "bench", "--backend", "jax", *TINY],
-                          env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__), "bench", "--backend", "jax", *TINY,
+                           "--conv", "matmul"], env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    _check(json.loads(done.stdout.strip().splitlines()[-1]), "jax")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    _check(result, "jax")
+    assert result["conv"] == "matmul" and result["impl"] == "metabench-maml-jax-vectorized-matmul-conv"
 
 
 def test_bench_runs_the_tensorflow_vectorized_task_map_and_first_order():

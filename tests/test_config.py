@@ -1,5 +1,7 @@
 """Config validation: every bad key or value is refused up front, with a message naming it."""
 
+import copy
+
 import pytest
 
 from metabench.harness.config import ConfigError, apply_override, config_hash, load_config, resolve_config, shipped_configs
@@ -100,3 +102,13 @@ def test_config_hash_ignores_display_keys_only():
     assert config_hash(base) == config_hash(renamed)
     assert config_hash(base) != config_hash(changed)
     assert len(config_hash(base)) == 64
+
+
+def test_an_option_added_later_leaves_existing_hashes_alone_at_its_neutral_value():
+    native = load_config("omniglot_5way1shot_maml")
+    assert native["model"]["conv"] == "native"
+    before_the_option = copy.deepcopy(native)
+    del before_the_option["model"]["conv"]  # a config resolved before conv4 had the option
+    assert config_hash(native) == config_hash(before_the_option)
+    matmul = load_config("omniglot_5way1shot_maml", ["model.conv=matmul"])
+    assert config_hash(matmul) != config_hash(native)

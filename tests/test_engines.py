@@ -19,15 +19,17 @@ from metabench.harness.engines import EngineError, get_engine
 
 pytest.importorskip("jax")
 
-#: name -> (first_order, batch_norm, inner_steps, evaluate): meta-trained for ``META_STEPS`` compiled
-#: steps (and evaluated), the whole engine path. Evaluation adapts first-order whatever the training
-#: order, so one case covers it; each compiled step costs seconds on the CPU. The batch-norm case also
-#: pins conv4's ``BatchNorm``: Keras's own TensorFlow moments (``tf.nn.moments``) stop the gradient of
-#: the mean inside the variance, which leaves first derivatives exact but not MAML's second-order
-#: terms, and this case then disagrees with JAX from the second meta-step on.
+#: name -> (first_order, batch_norm, inner_steps, evaluate, conv): meta-trained for ``META_STEPS``
+#: compiled steps (and evaluated), the whole engine path. Evaluation adapts first-order whatever the
+#: training order, so one case covers it; each compiled step costs seconds on the CPU. The batch-norm
+#: case also pins conv4's ``BatchNorm``: Keras's own TensorFlow moments (``tf.nn.moments``) stop the
+#: gradient of the mean inside the variance, which leaves first derivatives exact but not MAML's
+#: second-order terms, and this case then disagrees with JAX from the second meta-step on. The
+#: matmul-conv case is the same computation with conv4's convolutions as patches times a matrix.
 CASES = {
-    "second_order_batch_norm": (False, True, 1, True),
-    "first_order_no_batch_norm_two_steps": (True, False, 2, False),
+    "second_order_batch_norm": (False, True, 1, True, "native"),
+    "first_order_no_batch_norm_two_steps": (True, False, 2, False, "native"),
+    "second_order_batch_norm_matmul_conv": (False, True, 1, True, "matmul"),
 }
 META_STEPS = 3
 RTOL, ATOL = 2e-4, 2e-5
@@ -45,8 +47,8 @@ def _cases(backend: str, engine_options: dict | None = None, names=tuple(CASES))
     engine.set_matmul_precision("highest")
     results = {}
     for name in names:
-        first_order, batch_norm, inner_steps, evaluate = CASES[name]
-        model = conv4((12, 12, 1), 3, filters=4, batch_norm=batch_norm)
+        first_order, batch_norm, inner_steps, evaluate, conv = CASES[name]
+        model = conv4((12, 12, 1), 3, filters=4, batch_norm=batch_norm, conv=conv)
         set_numpy_weights(model, seed=7)
         maml = MAML(inner_lr=0.3, inner_steps=inner_steps, first_order=first_order).build(model, "classification", engine)
         variables = maml.meta_variables()
@@ -101,6 +103,12 @@ def _assert_same(a: dict, b: dict) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_tensorflow_and_jax_engines_agree(case, tensorflow_results, jax_results):
     _assert_same(tensorflow_results[case], jax_results[case])
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_matmul_convolutions_train_as_native_ones(backend, tensorflow_results, jax_results):
+    results = {"tensorflow": tensorflow_results, "jax": jax_results}[backend]
+    _assert_same(results["second_order_batch_norm"], results["second_order_batch_norm_matmul_conv"])
 
 
 def test_tensorflow_loop_and_vectorized_task_maps_agree(tensorflow_results):
