@@ -118,29 +118,30 @@ def run_bench(
             batch = {k: keras.ops.convert_to_tensor(v) for k, v in batch.items()}
         next_batch = lambda iteration: batch  # noqa: E731
 
+    # Batches 1..iters are made as the runner makes them: the next one ahead, on a thread (the first
+    # of them while the first iteration compiles), or in line.
+    step_s = 0.0
     rss_before = _peak_rss_mib()
     started = time.perf_counter()
-    logs = trainer(next_batch(0))
-    first = time.perf_counter() - started
-    # Iterations 1..iters, batches made as the runner makes them: ahead, on a thread (or in line).
-    batches = Prefetcher(next_batch, iters + 1) if prefetch and data_dir is not None else _InLine(next_batch)
-    step_s = 0.0
-    with batches:
+    with Prefetcher(next_batch, iters + 1, start=1) if prefetch and data_dir is not None else _InLine(next_batch) as batches:
+        logs = trainer(next_batch(0))
+        first = time.perf_counter() - started
         for iteration in range(1, iters + 1):
             batch = batches.get(iteration)
             started = time.perf_counter()
             logs = trainer(batch)
             step_s += time.perf_counter() - started
-    per_iter = (batches.wait_seconds + step_s) / iters
+    wait_s = batches.wait_seconds
+    per_iter = (wait_s + step_s) / iters
     device_peak = getattr(engine, "device_memory_peak", lambda: None)()
     extra = {}
     if data_dir is not None:
         extra = {
             "prefetch": bool(prefetch),
             "data_ms_per_meta_iter": round(batches.produce_seconds / iters * 1000, 2),
-            "data_wait_ms_per_meta_iter": round(batches.wait_seconds / iters * 1000, 2),
+            "data_wait_ms_per_meta_iter": round(wait_s / iters * 1000, 2),
             "step_ms_per_meta_iter": round(step_s / iters * 1000, 2),
-            "data_wait_fraction": round(batches.wait_seconds / (batches.wait_seconds + step_s), 4),
+            "data_wait_fraction": round(wait_s / (wait_s + step_s), 4),
         }
     return {
         "impl": f"metabench-maml-{engine.name}-{getattr(engine, 'task_map', 'loop')}"

@@ -27,6 +27,7 @@ class Prefetcher:
         make_batch: ``iteration -> batch``; must depend on nothing but ``iteration`` (and fixed
             settings), since batches are made out of order with the loop.
         total: the iteration count; nothing at or past it is produced ahead.
+        start: an iteration whose batch to start making at once (default: none until the first ``get``).
 
     Attributes:
         wait_seconds: seconds ``get`` blocked: producing a batch the worker had not made (the first
@@ -38,7 +39,7 @@ class Prefetcher:
     makes that batch on the caller's thread; the batch made ahead is dropped.
     """
 
-    def __init__(self, make_batch: Callable[[int], object], total: int):
+    def __init__(self, make_batch: Callable[[int], object], total: int, start: int | None = None):
         self._make_batch = make_batch
         self._total = total
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="metabench-prefetch")
@@ -47,6 +48,8 @@ class Prefetcher:
         self.produce_seconds = 0.0
         self.batches = 0
         self._lock = threading.Lock()  # a rewind can make a batch on the caller while the worker makes one
+        if start is not None and start < total:
+            self._ahead = (start, self._worker.submit(self._timed, start))
 
     def get(self, iteration: int):
         """The batch of ``iteration``; before returning, starts making the next one."""

@@ -60,3 +60,16 @@ def test_an_error_making_a_batch_reaches_the_loop():
         batches.get(0)
         with pytest.raises(OSError, match="archive member unreadable"):
             batches.get(1)
+
+
+def test_a_start_iteration_is_made_before_anyone_asks():
+    made = threading.Event()
+
+    def make(iteration):
+        if iteration == 3:
+            made.set()
+        return iteration
+
+    with Prefetcher(make, total=5, start=3) as batches:
+        assert made.wait(timeout=10)
+        assert batches.get(3) == 3 and batches.get(4) == 4
