@@ -92,12 +92,9 @@ ours() {  # label, timeout, args...
   echo "== $label (${SECONDS}s)"
   echo "== $label" >>"$ERR"
   timeout "$limit" "$PYTHON" - "$@" <<'EOF' 2>>"$ERR" |
-import argparse, sys
-from metabench.harness.commands import bench  # the module `metabench bench` runs
-parser = argparse.ArgumentParser(prog="metabench")
-bench.register(parser.add_subparsers(dest="command", required=True))
-args = parser.parse_args(["bench", "--backend", "jax", "--json", *sys.argv[1:]])
-sys.exit(args.handler(args))
+import sys
+from metabench.harness.cli import main  # the `metabench` command, without an installed entry point
+sys.exit(main(["bench", "--backend", "jax", "--json", *sys.argv[1:]]))
 EOF
     label "$label"
 }

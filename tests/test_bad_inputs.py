@@ -9,7 +9,6 @@ that is a file; a store in a folder that cannot be written; a results store that
 and resuming a run that is missing, completed, of another config or trained by another process.
 """
 
-import argparse
 import copy
 import errno
 import io
@@ -355,14 +354,7 @@ def test_catalogue_results_store_of_a_newer_schema_version(tmp_path, capsys):
 
 def _check_commands(*argv) -> int:
     """`metabench baseline` and `metabench check` as the command line runs them."""
-    from metabench.harness.commands import baseline, check
-
-    parser = argparse.ArgumentParser(prog="metabench")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for command in (check, baseline):
-        command.register(commands)
-    args = parser.parse_args([str(a) for a in argv])
-    return args.handler(args)
+    return main([str(a) for a in argv])
 
 
 def test_catalogue_baseline_file_from_a_different_setting(tmp_path, capsys):

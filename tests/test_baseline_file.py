@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -16,7 +15,7 @@ from metabench.harness.baseline_file import (
     BaselineError,
     config_differences,
 )
-from metabench.harness.commands import baseline as baseline_command
+from metabench.harness.cli import main
 from metabench.harness.config import config_hash
 from metabench.harness.results import Evaluation, RunInfo
 from metabench.harness.store import ResultsStore
@@ -170,10 +169,7 @@ def test_config_differences_lists_changed_added_and_removed_keys():
 
 
 def _metabench(*argv) -> int:
-    parser = argparse.ArgumentParser(prog="metabench")
-    baseline_command.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.handler(args)
+    return main(list(argv))
 
 
 def test_baseline_save_and_show_commands(store, tmp_path, capsys):

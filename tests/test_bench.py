@@ -1,6 +1,5 @@
 """`metabench bench`: two timed iterations of the real MAML path on a tiny setting, on both engines."""
 
-import argparse
 import json
 import os
 import subprocess
@@ -9,19 +8,11 @@ import sys
 import pytest
 
 from metabench.harness.bench import PEER_KEYS, BenchError, run_bench
-from metabench.harness.commands import bench as bench_command
+from metabench.harness.cli import main
 
 TINY = ["--ways", "2", "--shots", "1", "--queries", "2", "--meta-batch", "2", "--inner-steps", "1",
         "--iters", "2", "--image-size", "8", "--filters", "4", "--json"]
 EXTRA_KEYS = ("backend", "inner_lr", "first_order", "iters", "loss", "rss_before_mib", "peak_rss_mib", "device_peak_mib")
-
-
-def _bench_main(argv) -> int:
-    """`metabench bench ARGS` through the command module that `harness.cli` registers."""
-    parser = argparse.ArgumentParser(prog="metabench")
-    bench_command.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.handler(args)
 
 
 def _check(result: dict, backend: str) -> None:
@@ -36,16 +27,15 @@ def _check(result: dict, backend: str) -> None:
 
 
 def test_bench_json_on_tensorflow(capsys):
-    assert _bench_main(["bench", "--backend", "tensorflow", *TINY]) == 0
+    assert main(["bench", "--backend", "tensorflow", *TINY]) == 0
     _check(json.loads(capsys.readouterr().out.strip().splitlines()[-1]), "tensorflow")
 
 
 def test_bench_json_on_jax():
     pytest.importorskip("jax")
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_bench; "
-            "sys.exit(test_bench._bench_main(sys.argv[2:]))")
+    code = "import sys; from metabench.harness.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-    done = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__), "bench", "--backend", "jax", *TINY,
+    done = subprocess.run([sys.executable, "-c", code, "bench", "--backend", "jax", *TINY,
                            "--conv", "matmul"], env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -62,9 +52,9 @@ def test_bench_runs_the_tensorflow_vectorized_task_map_and_first_order():
 def test_bench_refuses_a_bad_setting_by_name(capsys):
     with pytest.raises(BenchError, match=r"Received meta_batch=0; expected an integer >= 1"):
         run_bench("tensorflow", meta_batch=0)
-    assert _bench_main(["bench", "--ways", "1", "--json"]) == 2
+    assert main(["bench", "--ways", "1", "--json"]) == 2
     assert "metabench: error: Received ways=1; expected an integer >= 2." in capsys.readouterr().err
-    assert _bench_main(["bench", "--backend", "tensorflow", "--grad-of-mean"]) == 2
+    assert main(["bench", "--backend", "tensorflow", "--grad-of-mean"]) == 2
     assert "Received --grad-of-mean with backend='tensorflow'" in capsys.readouterr().err
 
 

@@ -9,7 +9,6 @@ is bit-for-bit the baseline.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 
@@ -18,8 +17,7 @@ import pytest
 
 from metabench.harness import runner
 from metabench.harness.baseline_file import Baseline
-from metabench.harness.commands import baseline as baseline_command
-from metabench.harness.commands import check as check_command
+from metabench.harness.cli import main
 from metabench.harness.config import load_config
 from metabench.harness.store import ResultsStore
 
@@ -28,13 +26,8 @@ DEGRADED = "algorithm.inner_lr=0.0001"  # the quickstart's 0.01 divided by 100
 
 
 def _metabench(*argv) -> int:
-    """The `metabench` command line with the check and baseline commands (as harness.cli registers them)."""
-    parser = argparse.ArgumentParser(prog="metabench")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for command in (check_command, baseline_command):
-        command.register(commands)
-    args = parser.parse_args([str(a) for a in argv])
-    return args.handler(args)
+    """The `metabench` command line."""
+    return main([str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 
@@ -11,7 +10,7 @@ import pytest
 
 from metabench.harness.baseline_file import Baseline, RunRecord, SettingResults
 from metabench.harness.check import CheckError, CheckResult, compare
-from metabench.harness.commands import check as check_command
+from metabench.harness.cli import main
 from metabench.harness.config import config_hash
 from metabench.harness.results import Evaluation, RunInfo
 from metabench.harness.stats import holm
@@ -197,10 +196,7 @@ def _record(store, values, seed=0, config=CONFIG) -> str:
 
 
 def _metabench(*argv) -> int:
-    parser = argparse.ArgumentParser(prog="metabench")
-    check_command.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.handler(args)
+    return main(list(argv))
 
 
 @pytest.fixture(scope="module")

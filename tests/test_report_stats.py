@@ -3,7 +3,6 @@ average ranks across settings with the CD diagram, LaTeX and self-contained, esc
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from metabench.harness.commands import report as report_command
+from metabench.harness.cli import main
 from metabench.harness.report import (
     LEADERBOARD_COLUMNS,
     PAIRWISE_COLUMNS,
@@ -213,13 +212,9 @@ def test_html_is_self_contained_and_escapes_every_user_string(tmp_path):
 
 
 def test_report_command_writes_the_report_and_reproduction(store, tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="metabench")
-    report_command.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["report", "--store", str(store.path), "--out", str(tmp_path / "out"), "--reproduction"])
-    assert args.handler(args) == 0
+    assert main(["report", "--store", str(store.path), "--out", str(tmp_path / "out"), "--reproduction"]) == 0
     printed = capsys.readouterr().out
     assert "leaderboard.html" in printed and "reproduction.md" in printed
     assert (tmp_path / "out" / "reproduction.md").is_file()
-    args = parser.parse_args(["report", "--store", str(tmp_path / "missing.sqlite")])
-    assert args.handler(args) == 2
+    assert main(["report", "--store", str(tmp_path / "missing.sqlite")]) == 2
     assert "no results store" in capsys.readouterr().err

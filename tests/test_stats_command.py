@@ -3,12 +3,11 @@ with a clear message for a malformed table."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
-from metabench.harness.commands import stats as stats_command
+from metabench.harness.cli import main
 from metabench.harness.stats import compare_across_settings, read_results_table
 
 CSV = (
@@ -22,15 +21,6 @@ CSV = (
 )
 
 
-def _run(argv: list[str]) -> int:
-    """Parse like the `metabench` CLI does and call the handler (independent of cli.py's wiring)."""
-    parser = argparse.ArgumentParser(prog="metabench")
-    commands = parser.add_subparsers(dest="command", required=True)
-    stats_command.register(commands)
-    args = parser.parse_args(argv)
-    return args.handler(args)
-
-
 @pytest.fixture
 def table_csv(tmp_path):
     path = tmp_path / "published.csv"
@@ -39,7 +29,7 @@ def table_csv(tmp_path):
 
 
 def test_prints_ranks_friedman_iman_davenport_cd_and_pairs(table_csv, capsys):
-    assert _run(["stats", str(table_csv)]) == 0
+    assert main(["stats", str(table_csv)]) == 0
     out = capsys.readouterr().out
     for text in ("Average ranks over 6 rows", "average rank", "mamlpp", "Friedman chi-square", "Iman-Davenport F_F",
                  "Nemenyi critical difference CD", "Pairwise", "Wilcoxon p (Holm)"):  # fmt: skip
@@ -50,7 +40,7 @@ def test_prints_ranks_friedman_iman_davenport_cd_and_pairs(table_csv, capsys):
 
 
 def test_json_gives_the_same_numbers_machine_readably(table_csv, capsys):
-    assert _run(["stats", str(table_csv), "--json", "--alpha", "0.10"]) == 0
+    assert main(["stats", str(table_csv), "--json", "--alpha", "0.10"]) == 0
     payload = json.loads(capsys.readouterr().out)
     for key in ("average_ranks", "friedman_chi2", "friedman_p", "iman_davenport_F", "iman_davenport_p", "nemenyi_cd", "pairwise"):
         assert key in payload, key
@@ -67,9 +57,9 @@ def test_json_gives_the_same_numbers_machine_readably(table_csv, capsys):
 
 
 def test_lower_is_better_flips_the_ranking(table_csv, capsys):
-    _run(["stats", str(table_csv), "--json"])
+    main(["stats", str(table_csv), "--json"])
     higher = json.loads(capsys.readouterr().out)["average_ranks"]
-    _run(["stats", str(table_csv), "--json", "--lower-is-better"])
+    main(["stats", str(table_csv), "--json", "--lower-is-better"])
     lower = json.loads(capsys.readouterr().out)["average_ranks"]
     assert next(iter(higher)) == "mamlpp" and next(iter(lower)) == "baseline"
     assert lower["mamlpp"] == pytest.approx(5 - higher["mamlpp"])
@@ -77,7 +67,7 @@ def test_lower_is_better_flips_the_ranking(table_csv, capsys):
 
 def test_out_writes_the_analysis_and_the_cd_diagram(table_csv, tmp_path, capsys):
     out = tmp_path / "analysis"
-    assert _run(["stats", str(table_csv), "--out", str(out)]) == 0
+    assert main(["stats", str(table_csv), "--out", str(out)]) == 0
     for name in ("stats.json", "stats.md", "cd_diagram.svg", "cd_diagram.png"):
         assert (out / name).is_file(), name
         assert str(out / name) in capsys.readouterr().out or True
@@ -91,7 +81,7 @@ def test_missing_cells_drop_rows_and_say_so(tmp_path, capsys, caplog):
     path = tmp_path / "t.csv"
     path.write_text("setting,a,b,c\ns1,1,2,3\ns2,2,,3\ns3,3,1,2\ns4,1,3,2\n", encoding="utf-8")
     with caplog.at_level("WARNING"):
-        assert _run(["stats", str(path), "--json"]) == 0
+        assert main(["stats", str(path), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["dropped_rows"] == ["s2"] and payload["n_rows"] == 3
     assert "s2" in caplog.text
@@ -109,7 +99,7 @@ def test_missing_cells_drop_rows_and_say_so(tmp_path, capsys, caplog):
 def test_malformed_csv_exits_2_with_a_clear_error(tmp_path, capsys, text, message):
     path = tmp_path / "bad.csv"
     path.write_text(text, encoding="utf-8")
-    assert _run(["stats", str(path)]) == 2
+    assert main(["stats", str(path)]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("metabench: error: ")
     assert message in captured.err
@@ -117,18 +107,7 @@ def test_malformed_csv_exits_2_with_a_clear_error(tmp_path, capsys, text, messag
 
 
 def test_missing_file_and_bad_alpha_exit_2(tmp_path, table_csv, capsys):
-    assert _run(["stats", str(tmp_path / "none.csv")]) == 2
+    assert main(["stats", str(tmp_path / "none.csv")]) == 2
     assert "no such file" in capsys.readouterr().err
-    assert _run(["stats", str(table_csv), "--alpha", "1.5"]) == 2
+    assert main(["stats", str(table_csv), "--alpha", "1.5"]) == 2
     assert "expected a significance level strictly between 0 and 1" in capsys.readouterr().err
-
-
-def test_the_cli_runs_stats_once_it_is_registered(table_csv, capsys):
-    from metabench.harness import cli
-
-    parser = cli._parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "stats" not in commands.choices:
-        pytest.skip("harness/cli.py does not register the `stats` command yet")
-    assert cli.main(["stats", str(table_csv), "--json"]) == 0
-    assert "nemenyi_cd" in json.loads(capsys.readouterr().out)
