@@ -213,13 +213,16 @@ class _InLine:
 
     def __init__(self, make_batch):
         self._make_batch = make_batch
-        self.wait_seconds = self.produce_seconds = 0.0
+        self.wait_seconds = 0.0
+
+    @property
+    def produce_seconds(self) -> float:
+        return self.wait_seconds
 
     def get(self, iteration: int):
         started = time.perf_counter()
         batch = self._make_batch(iteration)
         self.wait_seconds += time.perf_counter() - started
-        self.produce_seconds = self.wait_seconds
         return batch
 
     def __enter__(self):

@@ -32,6 +32,7 @@ class Prefetcher:
     Attributes:
         wait_seconds: seconds ``get`` blocked: producing a batch the worker had not made (the first
             one, or one after the loop jumped) plus waiting for one it had not finished.
+        last_wait_seconds: the part of ``wait_seconds`` that the latest ``get`` blocked.
         produce_seconds: seconds spent inside ``make_batch``, on either thread.
         batches: batches handed out.
 
@@ -45,6 +46,7 @@ class Prefetcher:
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="metabench-prefetch")
         self._ahead: tuple[int, concurrent.futures.Future] | None = None
         self.wait_seconds = 0.0
+        self.last_wait_seconds = 0.0
         self.produce_seconds = 0.0
         self.batches = 0
         self._lock = threading.Lock()  # a rewind can make a batch on the caller while the worker makes one
@@ -58,7 +60,8 @@ class Prefetcher:
             batch = self._ahead[1].result()
         else:
             batch = self._timed(iteration)
-        self.wait_seconds += time.perf_counter() - started
+        self.last_wait_seconds = time.perf_counter() - started
+        self.wait_seconds += self.last_wait_seconds
         self.batches += 1
         following = iteration + 1
         self._ahead = (following, self._worker.submit(self._timed, following)) if following < self._total else None

@@ -203,7 +203,7 @@ def _builtin_datasets(registry: Registry) -> None:
 
 
 def _builtin_models(registry: Registry) -> None:
-    from metabench.algorithms.models import conv4, mlp
+    from metabench.algorithms.models import CONV_FORMS, conv4, mlp
 
     registry.register(
         "mlp",
@@ -216,7 +216,7 @@ def _builtin_models(registry: Registry) -> None:
         "conv4",
         lambda input_shape, outputs, **options: conv4(input_shape, outputs, **options),
         {"filters": 64, "strided": True, "batch_norm": True, "bn_momentum": 0.9, "conv": "native"},
-        {"conv": ["native", "matmul"]},
+        {"conv": list(CONV_FORMS)},
         "Four 3x3 conv blocks with batch norm and ReLU, then linear (MAML's Omniglot/miniImageNet network).",
     )
 

@@ -414,15 +414,15 @@ def _train(
         TextColumn("left"),
         TimeRemainingColumn(),
     )
-    # The next meta-batch is made on a thread while the current step computes (see harness.prefetch).
+    # The next meta-batch is made on a thread while the current step computes (see harness.prefetch);
+    # through a lambda, because a NaN retry rebinds `session`.
     batches = Prefetcher(lambda i: session.source.batch(i), total)
     with batches, Progress(*columns, disable=not show_progress, transient=False) as progress:
         bar = progress.add_task("train", total=total, completed=state.iteration, loss="-", metric="-", metric_name=metric_name)
         while state.iteration < total:
             iteration = state.iteration
-            waited = batches.wait_seconds
             batch = batches.get(iteration)
-            state.data_wait_seconds += batches.wait_seconds - waited
+            state.data_wait_seconds += batches.last_wait_seconds
             logs = session.trainer(batch)
             loss = logs["loss"]
             if not math.isfinite(loss):

@@ -38,6 +38,7 @@ def test_the_next_batch_is_made_during_the_step_and_only_a_batch_not_ready_is_wa
         # the "step": batch 1 gets made meanwhile, without anyone asking for it
         assert finished[1].wait(timeout=10)
         batches.get(1)
+        assert batches.last_wait_seconds == pytest.approx(batches.wait_seconds - first_wait)
     assert first_wait >= 0.05
     assert batches.wait_seconds - first_wait < 0.05 / 2  # batch 1 was ready: no sleep was waited for
     assert batches.produce_seconds >= 0.1
