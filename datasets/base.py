@@ -74,11 +74,14 @@ class ClassPool:
 class ClassificationDataset:
     """Base class of image datasets: a name and named class pools.
 
-    Subclasses set ``name`` and implement ``split_names`` and ``split``.
+    Subclasses set ``name`` and implement ``split_names`` and ``split``. ``preprocess_version``
+    names how files become pixels; a loader that changes that (resizing, inversion, dtype) bumps it,
+    so evaluation sets decoded the old way and the new way never share an identity.
     """
 
     name: str = ""
     kind = "classification"
+    preprocess_version: int = 1
 
     def split_names(self) -> tuple[str, ...]:
         raise NotImplementedError

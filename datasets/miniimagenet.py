@@ -84,6 +84,7 @@ class MiniImageNet(ClassificationDataset):
     """
 
     name = "miniimagenet"
+    preprocess_version = PREPROCESS_VERSION
 
     def __init__(
         self,

@@ -108,6 +108,7 @@ class Omniglot(ClassificationDataset):
     """
 
     name = "omniglot"
+    preprocess_version = PREPROCESS_VERSION
 
     def __init__(
         self,

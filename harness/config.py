@@ -29,7 +29,7 @@ from pathlib import Path
 
 from metabench.harness.registry import ALGORITHMS, DATASETS, MODELS, Registry
 
-TOP_LEVEL = {"name": "", "seed": 0, "backend": "tensorflow"}
+TOP_LEVEL = {"name": "", "label": "", "seed": 0, "backend": "tensorflow"}
 TOP_LEVEL_CHOICES = {"backend": ["tensorflow", "jax"]}
 
 FIXED_TABLES = {
@@ -75,7 +75,11 @@ FIXED_CHOICES = {
 }
 COMPONENT_TABLES: dict[str, Registry] = {"dataset": DATASETS, "model": MODELS, "algorithm": ALGORITHMS}
 #: keys that change how a run is shown or kept, not what it computes; left out of the config hash
-NOT_HASHED = {("name",), ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints")}
+NOT_HASHED = {("name",), ("label",), ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints")}
+#: keys a recipe leaves out besides the display keys: the training seed (runs of one recipe are its seeds)
+NOT_IN_RECIPE = {("seed",)}
+#: seeds are unsigned 32-bit integers (what NumPy's and Keras's generators accept everywhere)
+SEED_LIMIT = 2**32
 SHIPPED_CONFIGS = "metabench.harness.configs"
 
 
@@ -219,6 +223,9 @@ def resolve_config(raw: dict, origin: str = "config") -> dict:
 
 def _check_numbers(config: dict) -> None:
     train, evaluation = config["train"], config["evaluation"]
+    for key, value in (("seed", config["seed"]), ("evaluation.seed", evaluation["seed"])):
+        if not 0 <= value < SEED_LIMIT:
+            raise ConfigError(f"Received {key}={value}; expected an integer with 0 <= seed < 2**32 ({SEED_LIMIT}).")
     positive = [
         ("train.shots", train["shots"]),
         ("train.queries", train["queries"]),
@@ -273,10 +280,13 @@ HASH_NEUTRAL = (
 )
 
 
-def hashed_view(config: dict) -> dict:
-    """The part of a resolved config that decides what a run computes (what ``config_hash`` hashes)."""
+def hashed_view(config: dict, *, leave_out=frozenset()) -> dict:
+    """The part of a resolved config that decides what a run computes (what ``config_hash`` hashes).
+
+    ``leave_out``: further ``(table, key)`` or ``(key,)`` paths to drop (``recipe_view`` drops the seed).
+    """
     hashed = copy.deepcopy(config)
-    for path in NOT_HASHED:
+    for path in NOT_HASHED | set(leave_out):
         node = hashed
         for part in path[:-1]:
             node = node.get(part, {})
@@ -294,6 +304,21 @@ def config_hash(config: dict) -> str:
     """sha256 hex of the canonical JSON of ``hashed_view(config)``: display-only keys
     (:data:`NOT_HASHED`) and options at their :data:`HASH_NEUTRAL` value are left out."""
     return hashlib.sha256(json.dumps(hashed_view(config), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def recipe_view(config: dict) -> dict:
+    """What a recipe is: the hashed view of a resolved config without the training seed."""
+    return hashed_view(config, leave_out=NOT_IN_RECIPE)
+
+
+def recipe_hash(config: dict) -> str:
+    """sha256 hex of the canonical JSON of ``recipe_view(config)``.
+
+    Runs pool as seeds of one result only when their recipe hashes are equal: two configs that
+    differ in anything but the seed and the display keys (name, label, logging, checkpointing)
+    are two recipes, reported, compared and checked apart.
+    """
+    return hashlib.sha256(json.dumps(recipe_view(config), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def dump_toml(config: dict) -> str:

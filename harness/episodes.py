@@ -174,6 +174,11 @@ class EvaluationSet:
         episodes: ``ClassificationEpisodes`` or ``RegressionTasks``.
         pool_digest: sha256 of the split's class names (classification) or ``""``; part of the
             fingerprint, so indices into a different pool never pair.
+        inputs: how the indices become what a model sees (classification): the dataset table of
+            the config (name and every option, e.g. ``image_size``) and the loader's
+            ``preprocess_version`` (:func:`input_description`). Part of the fingerprint, so the
+            same indices at 28 and at 14 pixels are two evaluation sets. ``{}`` for regression,
+            whose episodes hold the input values themselves.
     """
 
     dataset: str
@@ -183,6 +188,7 @@ class EvaluationSet:
     episodes: ClassificationEpisodes | RegressionTasks
     rotations: str = "none"
     pool_digest: str = ""
+    inputs: dict = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         if isinstance(self.episodes, RegressionTasks):
@@ -199,7 +205,7 @@ class EvaluationSet:
         return self.episodes.arrays()
 
     @property
-    def fingerprint(self) -> str:
+    def index_digest(self) -> str:
         """sha256 (hex) over the dataset, split, spec, rotation mode, pool digest and every index or value."""
         digest = hashlib.sha256()
         header = {
@@ -218,6 +224,11 @@ class EvaluationSet:
             digest.update(str(contiguous.dtype).encode() + str(contiguous.shape).encode())
             digest.update(contiguous.tobytes())
         return digest.hexdigest()
+
+    @property
+    def fingerprint(self) -> str:
+        """The evaluation set's identity: :func:`compose_fingerprint` of the index digest and the inputs."""
+        return compose_fingerprint(self.index_digest, self.inputs)
 
     def batches(self, batch_size: int, pool: ClassPool | None = None):
         """Yield materialized batches of at most ``batch_size`` episodes, in order."""
@@ -242,6 +253,7 @@ class EvaluationSet:
             "seed": self.seed,
             "rotations": self.rotations,
             "pool_digest": self.pool_digest,
+            "inputs": self.inputs,
             "fingerprint": self.fingerprint,
         }
         arrays = self._arrays()
@@ -280,7 +292,8 @@ class EvaluationSet:
             if isinstance(error, EpisodeError):
                 raise
             raise EpisodeError(f"Cannot read episode file {str(path)!r}: {error}") from error
-        loaded = cls(meta["dataset"], meta["split"], spec, meta["seed"], episodes, meta["rotations"], meta["pool_digest"])
+        loaded = cls(meta["dataset"], meta["split"], spec, meta["seed"], episodes, meta["rotations"], meta["pool_digest"],
+                     meta.get("inputs") or {})
         if loaded.fingerprint != meta["fingerprint"]:
             raise EpisodeError(
                 f"Episode file {str(path)!r} says fingerprint {meta['fingerprint'][:12]} but its episodes hash "
@@ -289,18 +302,40 @@ class EvaluationSet:
         return loaded
 
 
+def input_description(dataset_table: dict, preprocess_version: int) -> dict:
+    """What turns a classification set's indices into model inputs: ``{"dataset": {name, options...},
+    "preprocess_version": N}`` (``dataset_table`` is the config's ``[dataset]`` table)."""
+    return {"dataset": dict(sorted(dataset_table.items())), "preprocess_version": int(preprocess_version)}
+
+
+def compose_fingerprint(index_digest: str, inputs: dict) -> str:
+    """The fingerprint of a set with ``index_digest`` whose indices become inputs as ``inputs`` says.
+
+    ``index_digest`` itself when ``inputs`` is empty (regression sets hold their values); else the
+    sha256 hex of ``"metabench-evaluation-set/2\n" + index_digest + "\n" + canonical JSON of
+    inputs`` (sorted keys, separators ``,`` and ``:``). Composed this way, a store written before
+    inputs were part of the identity is migrated from each run's stored config alone.
+    """
+    if not inputs:
+        return index_digest
+    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"metabench-evaluation-set/2\n{index_digest}\n{canonical}".encode()).hexdigest()
+
+
 def pool_digest(pool: ClassPool) -> str:
     """sha256 of a pool's class names, so episodes index the same classes wherever they are used."""
     return hashlib.sha256("\n".join(pool.class_names).encode()).hexdigest()
 
 
 def classification_evaluation_set(
-    dataset: str, pool: ClassPool, spec: EpisodeSpec, num_episodes: int, seed: int, rotations: str = "none"
+    dataset: str, pool: ClassPool, spec: EpisodeSpec, num_episodes: int, seed: int, rotations: str = "none",
+    inputs: dict | None = None,
 ) -> EvaluationSet:
-    """The fixed evaluation episodes of (dataset, split, spec, seed): the same on every machine."""
+    """The fixed evaluation episodes of (dataset, split, spec, seed, rotations): the same on every
+    machine. ``inputs``: :func:`input_description` of the dataset, part of the fingerprint."""
     check_classification_spec(pool, spec, rotations, dataset)
     episodes = sample_classification_episodes(pool, spec, num_episodes, np.random.default_rng(seed), rotations)
-    return EvaluationSet(dataset, pool.name, spec, seed, episodes, rotations, pool_digest(pool))
+    return EvaluationSet(dataset, pool.name, spec, seed, episodes, rotations, pool_digest(pool), dict(inputs or {}))
 
 
 def regression_evaluation_set(

@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from metabench.harness.config import recipe_hash
+
 
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
@@ -21,6 +23,9 @@ class RunInfo:
         device: a human description, e.g. ``"CPU"`` or ``"GPU:0 NVIDIA H100"``.
         versions: library name -> version string.
         git_commit: commit of the working tree the run came from, if any.
+        recipe_hash: sha256 hex of the config without its seed and display keys
+            (:func:`metabench.harness.config.recipe_hash`); computed from ``config`` when empty.
+        label: the config's display label (``label`` key), ``""`` when it has none.
     """
 
     algorithm: str
@@ -32,6 +37,14 @@ class RunInfo:
     device: str
     versions: dict
     git_commit: str | None = None
+    recipe_hash: str = ""
+    label: str = ""
+
+    def __post_init__(self):
+        if not self.recipe_hash:
+            object.__setattr__(self, "recipe_hash", recipe_hash(self.config))
+        if not self.label:
+            object.__setattr__(self, "label", str(self.config.get("label", "") or ""))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -112,12 +112,14 @@ def prepare(config: dict, data_dir=None, cache_dir=None) -> Prepared:
         ways = evaluation["ways"] or train["ways"]
         train_spec = ep.EpisodeSpec(train["ways"], train["shots"], train["queries"])
         eval_rotations = evaluation["rotations"] or train["rotations"]
+        inputs = ep.input_description(config["dataset"], dataset.preprocess_version)
         train_pool = dataset.split(train["split"])
         ep.check_classification_spec(train_pool, train_spec, train["rotations"], name)
         eval_pool = train_pool if evaluation["split"] == train["split"] else dataset.split(evaluation["split"])
         eval_sets = [
             ep.classification_evaluation_set(
-                name, eval_pool, ep.EpisodeSpec(ways, shots, eval_queries), evaluation["episodes"], evaluation["seed"], eval_rotations
+                name, eval_pool, ep.EpisodeSpec(ways, shots, eval_queries), evaluation["episodes"], evaluation["seed"], eval_rotations,
+                inputs,
             )
             for shots in eval_shots
         ]
@@ -126,7 +128,7 @@ def prepare(config: dict, data_dir=None, cache_dir=None) -> Prepared:
             validation_pool = dataset.split(evaluation["validation_split"])
             validation_set = ep.classification_evaluation_set(
                 name, validation_pool, ep.EpisodeSpec(ways, eval_shots[0], eval_queries), evaluation["validation_episodes"],
-                evaluation["seed"], eval_rotations,
+                evaluation["seed"], eval_rotations, inputs,
             )
             validation_set = (validation_set, validation_pool)
         return Prepared(train_pool, train_spec, eval_sets, eval_pool, train_pool.image_shape, "classification",

@@ -12,7 +12,7 @@ Schema (version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``)::
 
     runs             run_id TEXT PK, created_at, finished_at, status, message, algorithm, dataset,
                      seed, backend, device, config_json, config_hash, versions_json, git_commit,
-                     timings_json, checkpoint_dir, history_json
+                     timings_json, checkpoint_dir, history_json, recipe_hash, label
     evaluations      eval_id INTEGER PK, run_id -> runs, split, ways (NULL for regression), shots,
                      queries, fingerprint, metric, headline_steps, notes_json
     episode_metrics  eval_id -> evaluations, inner_steps, episode, value   (PK: all but value)
@@ -20,13 +20,21 @@ Schema (version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``)::
 
 ``history_json`` is the run's life as a list of events (``{"event": "started" | "resumed" |
 "interrupted" | "failed" | "completed" | "nan_retry", "at": ..., ...}``); ``checkpoint_dir`` is
-where the runner keeps the run's checkpoints (``NULL`` when it keeps none).
+where the runner keeps the run's checkpoints (``NULL`` when it keeps none). ``recipe_hash`` is the
+hash of the config without its seed (:func:`metabench.harness.config.recipe_hash`): runs pool as
+seeds of one result only within one recipe. ``label`` is the config's display label (``""``: none).
+An evaluation's ``fingerprint`` is its evaluation set's identity: the episode indices and, for
+classification, the dataset options and loader version that turn them into inputs
+(:func:`metabench.harness.episodes.compose_fingerprint`).
 
 Timestamps are ISO-8601 UTC strings. SQLite has no NaN: a NaN metric is stored as NULL and read
 back as NaN.
 
-Versions: 1 had no ``checkpoint_dir`` and ``history_json``; a version-1 store is migrated in place
-(one transaction) when opened. A store of a newer version is refused with a message naming both.
+Versions: 1 had no ``checkpoint_dir`` and ``history_json``; 2 had no ``recipe_hash`` and ``label``,
+and its classification fingerprints covered the episode indices only. An older store is migrated
+in place (one transaction) when opened: version 3 computes each run's recipe hash from its stored
+config and composes each classification fingerprint with the inputs its stored config names
+(loader version 1, the only one before version 3). A store of a newer version is refused with a message naming both.
 """
 
 from __future__ import annotations
@@ -45,11 +53,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metabench.harness.config import recipe_hash
+from metabench.harness.episodes import compose_fingerprint, input_description
 from metabench.harness.results import CurvePoint, Evaluation, RunInfo
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the table layout this module reads and writes (``PRAGMA user_version``)."""
 
 RESUMABLE_STATUSES = ("running", "interrupted", "failed")
@@ -173,12 +183,14 @@ class ResultsStore:
             info.git_commit,
             None if checkpoint_dir is None else os.fspath(checkpoint_dir),
             _to_json([{"event": "started", "at": _now()}], "history"),
+            info.recipe_hash,
+            info.label,
         )
         with _transaction(conn, f"start run of {info.algorithm} on {info.dataset}"):
             conn.execute(
                 "INSERT INTO runs (run_id, created_at, status, algorithm, dataset, seed, backend, "
-                "device, config_json, config_hash, versions_json, git_commit, checkpoint_dir, history_json) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "device, config_json, config_hash, versions_json, git_commit, checkpoint_dir, history_json, "
+                "recipe_hash, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
         logger.info("Started run %s (%s on %s, seed %s).", run_id, info.algorithm, info.dataset, info.seed)
@@ -322,7 +334,7 @@ class ResultsStore:
 
         Columns: run_id, created_at, finished_at, status, message, algorithm, dataset, seed,
         backend, device, config, config_hash, versions, git_commit, timings, checkpoint_dir,
-        history (a list of event dicts).
+        history (a list of event dicts), recipe_hash, label.
 
         Args:
             status: keep only runs with this status (one of :data:`RUN_STATUSES`); ``None``: all.
@@ -335,7 +347,7 @@ class ResultsStore:
         sql = (
             "SELECT run_id, created_at, finished_at, status, message, algorithm, dataset, seed, "
             "backend, device, config_json, config_hash, versions_json, git_commit, timings_json, "
-            "checkpoint_dir, history_json FROM runs" + where + " ORDER BY created_at, run_id"
+            "checkpoint_dir, history_json, recipe_hash, label FROM runs" + where + " ORDER BY created_at, run_id"
         )
         frame = self._frame(sql, params)
         for column in ("config", "versions", "timings", "history"):
@@ -345,7 +357,7 @@ class ResultsStore:
     def episode_metrics(self, completed_only: bool = True) -> pd.DataFrame:
         """Per-episode values, one row per (evaluation, inner-step count, episode).
 
-        Columns: run_id, algorithm, dataset, seed, backend, config_hash, eval_id, split, ways
+        Columns: run_id, algorithm, dataset, seed, backend, config_hash, recipe_hash, label, eval_id, split, ways
         (nullable ``Int64``; ``<NA>`` for regression), shots, queries, fingerprint, metric,
         headline_steps, inner_steps, episode, value (float; NaN where a NaN was recorded), notes
         (the evaluation's notes as a JSON string).
@@ -372,7 +384,7 @@ class ResultsStore:
 
     def _episode_frame(self, conn: sqlite3.Connection, completed_only: bool) -> pd.DataFrame:
         evaluations = conn.execute(
-            "SELECT r.run_id, r.algorithm, r.dataset, r.seed, r.backend, r.config_hash, e.eval_id, "
+            "SELECT r.run_id, r.algorithm, r.dataset, r.seed, r.backend, r.config_hash, r.recipe_hash, r.label, e.eval_id, "
             "e.split, e.ways, e.shots, e.queries, e.fingerprint, e.metric, e.headline_steps, "
             "e.notes_json AS notes FROM evaluations e JOIN runs r ON r.run_id = e.run_id"
             + (" WHERE r.status = 'completed'" if completed_only else "")
@@ -389,7 +401,7 @@ class ResultsStore:
             ).fetchall(),
             dtype=np.int64,
         ).reshape(-1, 5)
-        wanted = {row[6]: position for position, row in enumerate(eval_rows)}
+        wanted = {row[eval_columns.index("eval_id")]: position for position, row in enumerate(eval_rows)}
         block_position = np.array([wanted.get(int(e), -1) for e in blocks[:, 0]], dtype=np.int64)
         keep = block_position >= 0
         columns = [*eval_columns[:-1], "inner_steps", "episode", "value", "notes"]
@@ -436,11 +448,11 @@ class ResultsStore:
     def training_curves(self, completed_only: bool = True) -> pd.DataFrame:
         """Meta-training log points, one row per (run, logged iteration).
 
-        Columns: run_id, algorithm, dataset, seed, backend, config_hash, iteration, loss, metric,
-        seconds (loss/metric/seconds are floats; NaN where a NaN was recorded).
+        Columns: run_id, algorithm, dataset, seed, backend, config_hash, recipe_hash, label, iteration,
+        loss, metric, seconds (loss/metric/seconds are floats; NaN where a NaN was recorded).
         """
         sql = (
-            "SELECT r.run_id, r.algorithm, r.dataset, r.seed, r.backend, r.config_hash, "
+            "SELECT r.run_id, r.algorithm, r.dataset, r.seed, r.backend, r.config_hash, r.recipe_hash, r.label, "
             "c.iteration, c.loss, c.metric, c.seconds "
             "FROM training_curve c JOIN runs r ON r.run_id = c.run_id"
             + (" WHERE r.status = 'completed'" if completed_only else "")
@@ -499,7 +511,7 @@ class ResultsStore:
 _RUN_COLUMNS = (
     "run_id", "created_at", "finished_at", "status", "message", "algorithm", "dataset", "seed",
     "backend", "device", "config", "config_hash", "versions", "git_commit", "timings",
-    "checkpoint_dir", "history",
+    "checkpoint_dir", "history", "recipe_hash", "label",
 )
 
 _SCHEMA = """
@@ -520,7 +532,9 @@ CREATE TABLE runs (
     git_commit    TEXT,
     timings_json  TEXT,
     checkpoint_dir TEXT,
-    history_json  TEXT NOT NULL DEFAULT '[]'
+    history_json  TEXT NOT NULL DEFAULT '[]',
+    recipe_hash   TEXT NOT NULL DEFAULT '',
+    label         TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE evaluations (
     eval_id        INTEGER PRIMARY KEY,
@@ -620,7 +634,31 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE runs ADD COLUMN history_json TEXT NOT NULL DEFAULT '[]'")
 
 
-_MIGRATIONS = {1: _migrate_1_to_2}
+LEGACY_PREPROCESS_VERSION = 1
+"""The loader version of every classification dataset before schema version 3."""
+
+
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """Version 3 records each run's recipe hash and label, and makes classification fingerprints
+    cover the inputs (dataset options, loader version), computed from each run's stored config."""
+    conn.execute("ALTER TABLE runs ADD COLUMN recipe_hash TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE runs ADD COLUMN label TEXT NOT NULL DEFAULT ''")
+    for run_id, dataset, config_json in conn.execute("SELECT run_id, dataset, config_json FROM runs").fetchall():
+        config = json.loads(config_json)
+        conn.execute(
+            "UPDATE runs SET recipe_hash = ?, label = ? WHERE run_id = ?",
+            (recipe_hash(config), str(config.get("label", "") or ""), run_id),
+        )
+        inputs = input_description(config.get("dataset") or {"name": dataset}, LEGACY_PREPROCESS_VERSION)
+        for eval_id, fingerprint in conn.execute(
+            "SELECT eval_id, fingerprint FROM evaluations WHERE run_id = ? AND ways IS NOT NULL", (run_id,)
+        ).fetchall():
+            conn.execute(
+                "UPDATE evaluations SET fingerprint = ? WHERE eval_id = ?", (compose_fingerprint(fingerprint, inputs), eval_id)
+            )
+
+
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 """Schema version -> function that upgrades a store of that version by one, inside a transaction."""
 
 

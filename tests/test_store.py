@@ -88,7 +88,7 @@ def test_creates_parent_folders_schema_version_and_wal(tmp_path):
         pass
     assert path.is_file()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"runs", "evaluations", "episode_metrics", "training_curve"} <= tables
@@ -360,8 +360,8 @@ def test_a_version_1_store_is_migrated_in_place_and_keeps_its_results(tmp_path, 
         assert runs["history"].tolist() == [[], []] and runs["checkpoint_dir"].isna().all()
         np.testing.assert_array_equal(store.episode_metrics()["value"].to_numpy(), [0.5, np.nan])
         store.resume_run("20250101-000000-00000002", from_iteration=0)  # the new columns work
-    assert f"Migrated results store {path} from schema version 1 to 2" in caplog.text
-    assert _count(path, "PRAGMA user_version") == 2
+    assert f"Migrated results store {path} from schema version 1 to 3" in caplog.text
+    assert _count(path, "PRAGMA user_version") == 3
 
 
 def test_a_version_1_store_that_cannot_be_migrated_is_refused_and_left_as_it_was(tmp_path, monkeypatch):
@@ -375,7 +375,7 @@ def test_a_version_1_store_that_cannot_be_migrated_is_refused_and_left_as_it_was
         raise sqlite3.OperationalError("attempt to write a readonly database")
 
     monkeypatch.setitem(store_module._MIGRATIONS, 1, fail)
-    with pytest.raises(StoreError, match=r"has schema version 1 and must be migrated to version 2 .* failed \(attempt to write "
+    with pytest.raises(StoreError, match=r"has schema version 1 and must be migrated to version 3 .* failed \(attempt to write "
                                          r"a readonly database\); nothing was changed"):
         ResultsStore(path)
     assert _count(path, "PRAGMA user_version") == 1
@@ -404,7 +404,7 @@ def test_schema_version_mismatch_names_file_versions_and_fix(tmp_path):
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA user_version = 7")
     expected = (
-        re.escape(str(path)) + r" has schema version 7 \(written by a newer metabench\), but this metabench reads schema version 2\. "
+        re.escape(str(path)) + r" has schema version 7 \(written by a newer metabench\), but this metabench reads schema version 3\. "
         r"Open it with the metabench version that wrote it, or move .* aside"
     )
     with pytest.raises(StoreError, match=expected):
@@ -494,3 +494,35 @@ def test_two_processes_write_runs_concurrently(tmp_path):
         }
         assert len(store.episode_metrics()) == 16 * 3 * 600
         assert len(store.training_curves()) == 16 * len(_CURVE)
+
+
+def test_a_version_2_store_gets_recipe_hashes_and_input_covering_fingerprints(tmp_path):
+    """Version 2 fingerprints named the episode indices only; the migration composes them with the
+    inputs each run's stored config names, so 28 px and 14 px results stop sharing an identity."""
+    from metabench.harness.config import recipe_hash
+    from metabench.harness.episodes import compose_fingerprint, input_description
+
+    path = tmp_path / "v2.sqlite"
+    configs = [
+        {"seed": seed, "dataset": {"name": "omniglot", "image_size": size, "split_scheme": "maml"},
+         "algorithm": {"name": "maml", "inner_lr": 0.4}}
+        for size, seed in ((28, 0), (14, 0), (28, 1))
+    ]
+    with ResultsStore(path) as store:
+        for config in configs:
+            info = RunInfo("maml", "omniglot", config["seed"], config, f"hash{len(str(config))}", "tensorflow", "CPU", {})
+            run_id = store.start_run(info)
+            evaluation = Evaluation("test", 5, 1, 15, "indices", "accuracy", 1, {1: np.array([0.5, 1.0])})
+            store.complete_run(run_id, [evaluation], _CURVE, {})
+    with sqlite3.connect(path) as conn:  # what version 2 held
+        conn.execute("ALTER TABLE runs DROP COLUMN recipe_hash")
+        conn.execute("ALTER TABLE runs DROP COLUMN label")
+        conn.execute("PRAGMA user_version = 2")
+    with ResultsStore(path) as store:
+        runs = store.runs()
+        frame = store.episode_metrics()
+    assert runs["recipe_hash"].tolist() == [recipe_hash(c) for c in configs]
+    assert runs["recipe_hash"].iloc[0] == runs["recipe_hash"].iloc[2] != runs["recipe_hash"].iloc[1]
+    fingerprints = frame.drop_duplicates("run_id")["fingerprint"].tolist()
+    assert fingerprints == [compose_fingerprint("indices", input_description(c["dataset"], 1)) for c in configs]
+    assert fingerprints[0] == fingerprints[2] != fingerprints[1] != "indices"

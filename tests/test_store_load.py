@@ -127,7 +127,7 @@ def test_the_fast_readers_give_what_the_plain_ones_gave(tmp_path):
     with ResultsStore(path) as store:
         fast = store.episode_metrics()
         plain = store._frame(
-            "SELECT r.run_id, r.algorithm, r.dataset, r.seed, r.backend, r.config_hash, e.eval_id, e.split, e.ways, "
+            "SELECT r.run_id, r.algorithm, r.dataset, r.seed, r.backend, r.config_hash, r.recipe_hash, r.label, e.eval_id, e.split, e.ways, "
             "e.shots, e.queries, e.fingerprint, e.metric, e.headline_steps, m.inner_steps, m.episode, m.value, "
             "e.notes_json AS notes FROM episode_metrics m JOIN evaluations e ON e.eval_id = m.eval_id "
             "JOIN runs r ON r.run_id = e.run_id WHERE r.status = 'completed' "
