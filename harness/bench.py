@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from metabench.harness.config import FIXED_TABLES
 from metabench.harness.engines import get_engine, select_backend
 from metabench.harness.prefetch import Prefetcher
 
@@ -99,6 +100,7 @@ def run_bench(
 
     from metabench.algorithms.maml import MAML
     from metabench.algorithms.models import conv4
+    from metabench.harness.runner import compile_meta_step
 
     engine_options = dict(engine_options or {})
     engine = get_engine(backend, **engine_options)
@@ -107,8 +109,7 @@ def run_bench(
     model = conv4((image_size, image_size, 1), ways, filters=filters, conv=conv)
     set_numpy_weights(model, seed)
     maml = MAML(inner_lr=inner_lr, inner_steps=inner_steps, first_order=first_order).build(model, "classification", engine)
-    optimizer = keras.optimizers.Adam(1e-3)
-    trainer = engine.make_meta_trainer(maml.task_loss, maml.meta_variables(), optimizer, maml.state_variables())
+    _, trainer = compile_meta_step(maml, FIXED_TABLES["train"], engine)  # the step runs train, Adam 1e-3
 
     if data_dir is not None:
         next_batch = _omniglot_batches(data_dir, cache_dir, split_scheme, ways, shots, queries, meta_batch, image_size, seed)

@@ -17,6 +17,7 @@ the meta learning rate multiplied by ``train.nan_lr_factor``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -24,6 +25,7 @@ import math
 import platform
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,6 +39,7 @@ from metabench.harness.checkpoint import CheckpointError, CheckpointFolder, Trai
 from metabench.harness.config import ConfigError, config_hash
 from metabench.harness import training_data
 from metabench.harness.engines import get_engine, select_backend
+from metabench.harness.ensemble import evaluate_top_k
 from metabench.harness.prefetch import Prefetcher
 from metabench.harness.registry import ALGORITHMS, DATASETS, MODELS
 from metabench.harness.results import CurvePoint, Evaluation, RunInfo
@@ -185,21 +188,139 @@ def build(config: dict, prepared: Prepared, engine, algorithm=None) -> Session:
     outputs = algorithm.output_units(train_ways if prepared.kind == "classification" else prepared.output_dim, pooled)
     model = _component(config, "model", MODELS, prepared.input_shape, outputs)
     algorithm.build(model, prepared.kind, engine)
+    optimizer, trainer = compile_meta_step(algorithm, config["train"], engine)
+    variables, state_variables = algorithm.meta_variables(), algorithm.state_variables()
+    max_steps = max(config["evaluation"]["inner_steps"])
+    evaluator = engine.make_evaluator(
+        lambda params, state, task: algorithm.task_eval(params, state, task, max_steps), variables, state_variables
+    )
+    return Session(algorithm, source, optimizer, trainer, evaluator)
 
-    train = config["train"]
+
+def compile_meta_step(algorithm, train: dict, engine):
+    """The outer optimizer (Adam, with the ``[train]`` table's schedule and clipping) and the
+    engine's compiled meta-training step of a built ``algorithm``: ``(optimizer, trainer)``.
+
+    The one place a meta-step is made: runs and ``metabench bench`` time and train the same step.
+    """
+    import keras
+
     learning_rate = train["meta_lr"]
     if train["meta_lr_schedule"] == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
             train["meta_lr"], decay_steps=train["meta_iterations"], alpha=train["meta_lr_min"] / train["meta_lr"]
         )
     optimizer = keras.optimizers.Adam(learning_rate, clipvalue=train["clip_meta_grad"] or None)
-    variables, state_variables = algorithm.meta_variables(), algorithm.state_variables()
-    trainer = engine.make_meta_trainer(algorithm.task_loss, variables, optimizer, state_variables)
-    max_steps = max(config["evaluation"]["inner_steps"])
-    evaluator = engine.make_evaluator(
-        lambda params, state, task: algorithm.task_eval(params, state, task, max_steps), variables, state_variables
-    )
-    return Session(algorithm, source, optimizer, trainer, evaluator)
+    trainer = engine.make_meta_trainer(algorithm.task_loss, algorithm.meta_variables(), optimizer, algorithm.state_variables())
+    return optimizer, trainer
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What the run core produced for one resolved config: what the store records, and the session.
+
+    Attributes:
+        evaluations: one ``Evaluation`` per evaluation set, then one per set for a top-k ensemble.
+        curve: the logged training curve (``CurvePoint`` list).
+        timings: ``{"train_s", "data_wait_s", "eval_s"}`` in seconds.
+        events: what happened on the way (NaN retries), as the store's history events.
+        session: the trained session (the conformance suite inspects it).
+    """
+
+    evaluations: list
+    curve: list
+    timings: dict
+    events: list
+    session: Session
+
+
+def open_session(config: dict, prepared: Prepared, engine, saved: ckpt.Checkpoint | None = None, algorithm_factory=None):
+    """The session a run of ``config`` trains, restored from ``saved`` when given.
+
+    Everything that can refuse the config (the algorithm against the task kind and ways, the
+    model's options) is checked here, before a caller records a run. ``algorithm_factory``: a
+    callable returning a fresh algorithm in place of the config's (the conformance suite).
+
+    Returns:
+        ``(session, state, rebuild)``: ``state`` is the ``TrainingState`` to continue from and
+        ``rebuild(lr_scale) -> Session`` builds a fresh session (what a NaN retry restarts).
+    """
+
+    def rebuild(lr_scale: float) -> Session:
+        algorithm = algorithm_factory() if algorithm_factory is not None else None
+        return build(_scaled(config, lr_scale), prepared, engine, algorithm)
+
+    state = saved.state if saved else TrainingState()
+    session = rebuild(state.lr_scale)
+    if saved:
+        state = ckpt.restore(session.algorithm, session.optimizer, saved)
+    return session, state, rebuild
+
+
+def train_and_evaluate(
+    session: Session,
+    state: TrainingState,
+    config: dict,
+    prepared: Prepared,
+    *,
+    rebuild,
+    folder: CheckpointFolder | None = None,
+    run_id: str = "",
+    digest: str | None = None,
+    show_progress: bool = False,
+    stop: "_StopSignals | None" = None,
+    events: list | None = None,
+) -> RunResult:
+    """The run core: meta-train ``session`` from ``state`` to the end, then evaluate; no store.
+
+    Every path that runs a config (``metabench run``, both sweep executors, ``check --config``, the
+    conformance suite) comes through here with a session from :func:`open_session`, so a config
+    gives the same result whichever path ran it: NaN retries (``train.nan_retries``), checkpoints
+    in ``folder`` every ``train.checkpoint_every`` iterations, and the top-k checkpoint ensemble
+    (``evaluation.ensemble_top_k``, which ranks the checkpoints in ``folder``; without a folder a
+    temporary one is used).
+
+    Args:
+        rebuild: ``rebuild(lr_scale) -> Session`` (from :func:`open_session`), for NaN retries.
+        folder: where checkpoints go (``None``: none are written, except for an ensemble).
+        run_id, digest: recorded in each checkpoint (``digest`` defaults to the config hash).
+        stop: the caller's signal catcher (:class:`RunInterrupted` is raised after a checkpoint).
+        events: a list the run's events are appended to as they happen, so a caller that
+            catches an error still has them.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite (after any retries).
+        RunInterrupted: ``stop`` caught SIGINT or SIGTERM.
+    """
+    digest = digest or config_hash(config)
+    events = events if events is not None else []
+    with contextlib.ExitStack() as cleanup:
+        if config["evaluation"]["ensemble_top_k"] and folder is None:
+            folder = checkpoint_folder(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="metabench-")), config)
+        session, state = _train(
+            session, config, state, show_progress=show_progress, folder=folder, run_id=run_id, digest=digest,
+            stop=stop, events=events, rebuild=rebuild,
+        )
+        if stop is not None:
+            stop.defer = False  # the final checkpoint is saved: a signal now stops evaluation at once
+            if stop.signal is not None:  # it arrived while that checkpoint was written
+                raise RunInterrupted(f"Interrupted by {stop.signal} after training (checkpoint in {folder.path}).")
+        logger.info(
+            "Meta-training took %.1f s, %.2f s (%.2f%%) of it waiting for the next meta-batch.",
+            state.seconds, state.data_wait_seconds, 100 * state.data_wait_seconds / max(state.seconds, 1e-9),
+        )
+        evaluation_started = time.perf_counter()
+        evaluations = evaluate(session, prepared, config)
+        if config["evaluation"]["ensemble_top_k"]:
+            evaluations += evaluate_top_k(session, prepared, config, folder)
+    timings = {"train_s": state.seconds, "data_wait_s": state.data_wait_seconds, "eval_s": time.perf_counter() - evaluation_started}
+    return RunResult(evaluations, state.curve, timings, events, session)
+
+
+def checkpoint_folder(path, config: dict) -> CheckpointFolder:
+    """The checkpoint folder of a run of ``config`` at ``path``: an ensemble ranks every checkpoint,
+    so then none is deleted before evaluation."""
+    return CheckpointFolder(path, keep=10**9 if config["evaluation"]["ensemble_top_k"] else ckpt.KEEP)
 
 
 def run(
@@ -213,7 +334,7 @@ def run(
     checkpoint_dir=None,
     prepared: Prepared | None = None,
 ) -> RunSummary:
-    """Meta-train and evaluate ``config`` (resolved), recording the run in ``store``.
+    """Meta-train and evaluate ``config`` (resolved) with the run core, recording the run in ``store``.
 
     Args:
         config: a resolved config (:func:`metabench.harness.config.load_config`).
@@ -249,11 +370,8 @@ def run(
             prepared = prepare(config, data_dir, cache_dir)
         engine = get_engine(config["backend"], **config["engine"])
         saved = folder.latest(run_id=target[0], config_hash=digest) if target else None
-        state = saved.state if saved else TrainingState()
-        session = build(_scaled(config, state.lr_scale), prepared, engine)
-        if saved:
-            state = ckpt.restore(session.algorithm, session.optimizer, saved)
-        details = run_details(engine)
+        session, state, rebuild = open_session(config, prepared, engine, saved)
+        details = run_details(engine, config)
         if target:
             run_id = target[0]
             store.resume_run(run_id, from_iteration=state.iteration, checkpoint_dir=folder.path, details=details)
@@ -263,17 +381,14 @@ def run(
             )
         else:
             run_id = new_run_id()
-            # Ensembling ranks every checkpoint, so then none is deleted before evaluation.
-            folder = CheckpointFolder(root / run_id, keep=10**9 if config["evaluation"]["ensemble_top_k"] else ckpt.KEEP)
+            folder = checkpoint_folder(root / run_id, config)
             folder.acquire(run_id)  # before the run is recorded, so no resumer takes it for a dead one
-            info = run_info(config, digest, details)
             try:
-                store.start_run(info, run_id=run_id, checkpoint_dir=folder.path)
+                store.start_run(run_info(config, digest, details), run_id=run_id, checkpoint_dir=folder.path)
             except BaseException:
                 folder.release()
                 folder.remove()
                 raise
-            logger.info("Run %s started (%s on %s)", run_id, info.algorithm, info.dataset)
     except BaseException:
         if folder is not None:
             folder.release()
@@ -283,27 +398,11 @@ def run(
     stop = _StopSignals()
     try:
         with stop:
-            session, state = _train(
-                session, config, state, show_progress=show_progress, folder=folder, run_id=run_id, digest=digest,
-                stop=stop, events=events,
-                rebuild=lambda scale: build(_scaled(config, scale), prepared, engine),
+            result = train_and_evaluate(
+                session, state, config, prepared, rebuild=rebuild, folder=folder, run_id=run_id, digest=digest,
+                show_progress=show_progress, stop=stop, events=events,
             )
-            stop.defer = False  # the final checkpoint is saved: a signal now stops evaluation at once
-            if stop.signal is not None:  # it arrived while that checkpoint was written
-                raise RunInterrupted(f"Interrupted by {stop.signal} after training (checkpoint in {folder.path}).")
-            logger.info(
-                "Meta-training took %.1f s, %.2f s (%.2f%%) of it waiting for the next meta-batch.",
-                state.seconds, state.data_wait_seconds, 100 * state.data_wait_seconds / max(state.seconds, 1e-9),
-            )
-            evaluation_started = time.perf_counter()
-            evaluations = evaluate(session, prepared, config)
-            if config["evaluation"]["ensemble_top_k"]:
-                from metabench.harness.ensemble import evaluate_top_k
-
-                evaluations += evaluate_top_k(session, prepared, config, folder)
-        timings = {"train_s": state.seconds, "data_wait_s": state.data_wait_seconds,
-                   "eval_s": time.perf_counter() - evaluation_started}
-        store.complete_run(run_id, evaluations, state.curve, timings, events=events)
+        store.complete_run(run_id, result.evaluations, result.curve, result.timings, events=events)
     except KeyboardInterrupt as error:
         message = str(error) or "interrupted by the user (KeyboardInterrupt)"
         store.fail_run(run_id, "interrupted", f"{message} Resume with `metabench run --resume {run_id}`.", events=events)
@@ -319,6 +418,11 @@ def run(
     folder.release()
     if not config["train"]["keep_checkpoints"]:
         folder.remove()
+    return summarize(run_id, result.evaluations, len(prepared.eval_sets[0]))
+
+
+def summarize(run_id: str, evaluations: list, episodes: int) -> RunSummary:
+    """The headline of each evaluation setting (what ``metabench run --json`` prints)."""
     settings = []
     for evaluation in evaluations:
         headline = evaluation.values[evaluation.headline_steps]
@@ -345,28 +449,7 @@ def run(
             }
         )
     first = settings[0]
-    return RunSummary(run_id, evaluations[0].metric, first["mean"], first["ci95"], len(prepared.eval_sets[0]), first["inner_steps"], settings)
-
-
-def meta_train(session: Session, config: dict, show_progress: bool = False) -> TrainingState:
-    """Run ``train.meta_iterations`` steps; returns where training ended (``.curve``: the logged
-    training curve, ``.seconds``, ``.data_wait_seconds``).
-
-    No checkpoints and no NaN retries: :func:`run` adds those.
-    """
-    return _train(session, config, TrainingState(), show_progress=show_progress)[1]
-
-
-def meta_train_resumable(session: Session, config: dict, folder: CheckpointFolder, digest: str, label: str) -> TrainingState:
-    """Meta-train with checkpoints in ``folder``, continuing from its newest checkpoint of ``digest``.
-
-    For callers outside ``run`` (sweep workers): a killed worker's run goes on where it stopped.
-    """
-    saved = folder.latest(config_hash=digest)
-    state = ckpt.restore(session.algorithm, session.optimizer, saved) if saved else TrainingState()
-    if saved:
-        logger.info("Resuming %s from meta-iteration %d (%s).", label, state.iteration, folder.path)
-    return _train(session, config, state, folder=folder, run_id=label, digest=digest)[1]
+    return RunSummary(run_id, evaluations[0].metric, first["mean"], first["ci95"], episodes, first["inner_steps"], settings)
 
 
 def _train(
@@ -610,9 +693,9 @@ def _component(config: dict, table: str, registry, *args):
                           f"table or with --set {table}.OPTION=VALUE.") from error
 
 
-def run_details(engine) -> dict:
+def run_details(engine, config: dict | None = None) -> dict:
     """Where a run computes: ``{"device", "versions", "git_commit"}`` (recorded at start and on resume)."""
-    return {"device": engine.describe_device(), "versions": library_versions(), "git_commit": git_commit()}
+    return {"device": engine.describe_device(), "versions": library_versions(config), "git_commit": git_commit()}
 
 
 def run_info(config: dict, digest: str, details: dict) -> RunInfo:
@@ -630,12 +713,19 @@ def run_info(config: dict, digest: str, details: dict) -> RunInfo:
     )
 
 
-def library_versions() -> dict:
-    """Versions of the libraries a result depends on."""
+def library_versions(config: dict | None = None) -> dict:
+    """Versions of the libraries a result depends on, and of every plugin distribution that
+    provides one of ``config``'s components (its dataset, model or algorithm)."""
     import importlib.metadata
 
     versions = {"python": platform.python_version()}
-    for name in ("metabench", "keras", "tensorflow", "jax", "numpy"):
+    names = ["metabench", "keras", "tensorflow", "jax", "numpy"]
+    if config is not None:
+        for table, registry in (("algorithm", ALGORITHMS), ("dataset", DATASETS), ("model", MODELS)):
+            source = registry.get(config[table]["name"]).source
+            if source != "metabench" and source not in names:
+                names.append(source)
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

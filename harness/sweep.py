@@ -29,6 +29,7 @@ Workers compute; only the driver writes the store.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -71,6 +72,7 @@ class RunOutcome:
     curve: list = None
     timings: dict = None
     error: str | None = None
+    events: list = dataclasses.field(default_factory=list)
 
 
 SHIPPED_SWEEPS = "metabench.harness.sweeps"
@@ -166,49 +168,49 @@ def completed_hashes(store) -> set[str]:
 
 
 def execute(planned: PlannedRun, data_dir=None, cache_dir=None, show_progress: bool = False, checkpoint_root=None) -> RunOutcome:
-    """Train and evaluate one planned run without touching any store (a worker's job).
+    """Train and evaluate one planned run with the run core, without touching any store (a worker's job).
 
-    With ``checkpoint_root``, training checkpoints go to ``<checkpoint_root>/sweep-<hash>/`` and a
-    run that a killed sweep left there continues from its newest checkpoint.
+    The core (:func:`metabench.harness.runner.train_and_evaluate`) is the one ``metabench run``
+    uses, so the stored result is the same whichever path ran the config. With
+    ``checkpoint_root``, checkpoints go to ``<checkpoint_root>/sweep-<hash>/`` and a run that a
+    killed sweep left there continues from its newest checkpoint.
     """
     from metabench.harness import runner
     from metabench.harness.engines import get_engine, select_backend
 
     config = planned.config
+    events: list[dict] = []
     try:
         select_backend(config["backend"])
         prepared = runner.prepare(config, data_dir, cache_dir)
         engine = get_engine(config["backend"], **config["engine"])
-        session = runner.build(config, prepared, engine)
-        if checkpoint_root is None:
-            trained = runner.meta_train(session, config, show_progress)
-        else:
-            from metabench.harness.checkpoint import CheckpointFolder
-
-            label = f"sweep-{planned.config_hash[:16]}"
-            folder = CheckpointFolder(Path(checkpoint_root) / label)
-            folder.acquire(label)
-            try:
-                trained = runner.meta_train_resumable(session, config, folder, planned.config_hash, label)
-            finally:
-                folder.release()
-        evaluation_started = time.perf_counter()
-        evaluations = runner.evaluate(session, prepared, config)
-        timings = {"train_s": trained.seconds, "data_wait_s": trained.data_wait_seconds,
-                   "eval_s": time.perf_counter() - evaluation_started}
-        info = runner.run_info(config, planned.config_hash, runner.run_details(engine))
-        if checkpoint_root is not None and not config["train"]["keep_checkpoints"]:
+        with contextlib.ExitStack() as held:
+            folder, saved, label = None, None, f"sweep-{planned.config_hash[:16]}"
+            if checkpoint_root is not None:
+                folder = runner.checkpoint_folder(Path(checkpoint_root) / label, config)
+                folder.acquire(label)
+                held.callback(folder.release)
+                saved = folder.latest(config_hash=planned.config_hash)
+                if saved:
+                    logger.info("Resuming %s from meta-iteration %d (%s).", label, saved.state.iteration, folder.path)
+            session, state, rebuild = runner.open_session(config, prepared, engine, saved)
+            result = runner.train_and_evaluate(
+                session, state, config, prepared, rebuild=rebuild, folder=folder, run_id=label,
+                digest=planned.config_hash, show_progress=show_progress, events=events,
+            )
+        info = runner.run_info(config, planned.config_hash, runner.run_details(engine, config))
+        if folder is not None and not config["train"]["keep_checkpoints"]:
             folder.remove()
-        return RunOutcome(planned, info, evaluations, trained.curve, timings)
+        return RunOutcome(planned, info, result.evaluations, result.curve, result.timings, events=events)
     except Exception as error:  # reported to the driver, which records the run as failed
-        return RunOutcome(planned, error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=5)}")
+        return RunOutcome(planned, error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=5)}", events=events)
 
 
 def record(store, outcome: RunOutcome) -> str:
     """Write a worker's outcome to the store (driver side); returns the run id."""
     if outcome.error is None:
         run_id = store.start_run(outcome.info)
-        store.complete_run(run_id, outcome.evaluations, outcome.curve, outcome.timings)
+        store.complete_run(run_id, outcome.evaluations, outcome.curve, outcome.timings, events=outcome.events)
         return run_id
     from metabench.harness.runner import library_versions, run_info
 
@@ -216,7 +218,7 @@ def record(store, outcome: RunOutcome) -> str:
     details = {"device": "unknown (the worker failed)", "versions": library_versions(), "git_commit": None}
     info = run_info(config, outcome.planned.config_hash, details)
     run_id = store.start_run(info)
-    store.fail_run(run_id, "failed", outcome.error)
+    store.fail_run(run_id, "failed", outcome.error, events=outcome.events)
     return run_id
 
 
