@@ -6,7 +6,9 @@ ends either with :meth:`ResultsStore.complete_run` (all results and the status `
 one transaction) or with :meth:`ResultsStore.fail_run` (``"failed"`` or ``"interrupted"``). A run
 that did not complete has no result rows, so :meth:`ResultsStore.resume_run` may set it
 ``"running"`` again (the runner continues it from a checkpoint); a completed run never changes.
-Only completed runs count: the readers used by reports default to them.
+Only completed runs count: the readers used by reports default to them. Runs that completed
+elsewhere (read from result bundles, :mod:`metabench.harness.bundles`) enter as they were recorded,
+already completed, through :meth:`ResultsStore.import_runs`.
 
 Schema (version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``)::
 
@@ -311,6 +313,67 @@ class ResultsStore:
                 ),
             )
         logger.info("Resumed run %s from meta-iteration %d (it was %s).", run_id, from_iteration, row[0])
+
+    def import_runs(self, runs: Sequence[dict]) -> None:
+        """Insert runs that finished elsewhere (e.g. read from a result bundle), all in one transaction.
+
+        Each run is stored exactly as recorded: status ``"completed"``, its own run id, timestamps,
+        timings and history (no event is added), no message and no checkpoint folder. Either every
+        run, evaluation, per-episode value and curve point is written, or (on any error) none.
+
+        Args:
+            runs: dicts with the keys ``info`` (:class:`RunInfo`), ``run_id``, ``created_at`` and
+                ``finished_at`` (ISO-8601 strings), ``timings`` (JSON-able), ``history`` (list of
+                event dicts), ``evaluations`` (sequence of :class:`Evaluation`) and ``curve``
+                (sequence of :class:`CurvePoint`; NaN is stored as NULL).
+
+        Raises:
+            StoreError: a run id is already in the store (or twice in ``runs``), or SQLite refused a row.
+            ValueError: an evaluation's values are not 1-D numeric arrays, or a field is not JSON-able.
+        """
+        conn = self._connection()
+        with _transaction(conn, f"import {len(runs)} run(s)"):
+            for run in runs:
+                run_id, info = run["run_id"], run["info"]
+                if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+                    raise StoreError(
+                        f"Cannot import run {run_id!r}: {self.path} already has a run with that id; nothing "
+                        "was imported. Imported runs keep their ids, so a run can be imported once."
+                    )
+                conn.execute(
+                    "INSERT INTO runs (run_id, created_at, finished_at, status, message, algorithm, dataset, "
+                    "seed, backend, device, config_json, config_hash, versions_json, git_commit, timings_json, "
+                    "checkpoint_dir, history_json, recipe_hash, label) "
+                    "VALUES (?, ?, ?, 'completed', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+                    (
+                        run_id,
+                        run["created_at"],
+                        run["finished_at"],
+                        info.algorithm,
+                        info.dataset,
+                        int(info.seed),
+                        info.backend,
+                        info.device,
+                        _to_json(info.config, "config"),
+                        info.config_hash,
+                        _to_json(info.versions, "versions"),
+                        info.git_commit,
+                        _to_json(run["timings"], "timings"),
+                        _to_json(list(run["history"]), "history"),
+                        info.recipe_hash,
+                        info.label,
+                    ),
+                )
+                for evaluation in run["evaluations"]:
+                    _insert_evaluation(conn, run_id, evaluation)
+                conn.executemany(
+                    "INSERT INTO training_curve (run_id, iteration, loss, metric, seconds) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        (run_id, int(p.iteration), float(p.loss), float(p.metric), float(p.seconds))
+                        for p in run["curve"]
+                    ),
+                )
+        logger.info("Imported %d completed run(s) into %s.", len(runs), self.path)
 
     # ------------------------------------------------------------------ reading
 
