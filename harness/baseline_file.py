@@ -14,9 +14,12 @@ Format ``metabench-baseline/1`` (one object; keys in this order)::
     backend         "tensorflow" or "jax"
     deterministic   the config's engine.deterministic (bit-for-bit repeatable on CPU when true)
     config_hash     sha256 of the first run's resolved config (metabench.harness.config.config_hash)
+    recipe_hash     sha256 of the config without the training seed and the display-only keys
+                    (metabench.harness.config.recipe_hash): every run of a baseline has this recipe.
+                    Recomputed from ``config`` on load (files written before it existed lack it).
     versions        library -> version of the first run, e.g. {"tensorflow": "2.19.0", ...}
-    runs            one object per run: run_id, seed, config_hash, git_commit, device, created_at,
-                    versions
+    runs            one object per seed: run_id, seed, config_hash, git_commit, device, created_at,
+                    versions. Seeds are distinct: repeated runs of one seed count once (see below).
     config          the first run's full resolved config (every run shares it but for the seed)
     settings        one object per evaluation setting:
                       dataset, split, ways (null for regression), shots, queries, fingerprint,
@@ -27,6 +30,12 @@ Format ``metabench-baseline/1`` (one object; keys in this order)::
 
 Inner-step counts are JSON object keys, hence strings ("0", "1", ...). Floats are written with
 Python's shortest round-tripping repr, so a loaded baseline holds exactly the stored values.
+
+One recipe, one row per seed. A baseline (or a candidate read from a store) holds the runs of one
+recipe: runs whose configs differ in anything but the seed are refused, naming the keys. Repeated
+runs of one seed count once: when their per-episode values agree bit for bit the first is kept and
+the others are listed in :attr:`Baseline.repeats`; when they differ that is a determinism failure
+(:class:`BaselineError`), never averaged. The same holds for a file that lists one seed twice.
 """
 
 from __future__ import annotations
@@ -70,9 +79,9 @@ class SettingResults:
         fingerprint: sha256 hex of the evaluation episode set; results pair only when equal.
         metric: ``"accuracy"`` (fraction in [0, 1]; higher is better) or ``"mse"`` (lower is better).
         headline_steps: the inner-step count the run reports as its result.
-        values: inner-step count -> float64 array ``[runs, episodes]``; row ``r`` is run ``r`` and
-            column ``i`` the same episode ``i`` in every row and every step count. NaN where a
-            run recorded a non-finite metric.
+        values: inner-step count -> float64 array ``[runs, episodes]``; row ``r`` is run ``r`` (one
+            row per seed) and column ``i`` the same episode ``i`` in every row and every step
+            count. NaN where a run recorded a non-finite metric.
     """
 
     dataset: str
@@ -106,11 +115,24 @@ class SettingResults:
             return f"{self.dataset} {self.split} {self.shots}-shot ({self.queries} queries)"
         return f"{self.dataset} {self.split} {self.ways}-way {self.shots}-shot ({self.queries} queries per class)"
 
-    def episode_values(self, steps: int) -> np.ndarray:
+    def episode_values(self, steps: int, rows: Sequence[int] | None = None) -> np.ndarray:
         """Per-episode values after ``steps`` inner steps, averaged over the runs: float64 ``[episodes]``.
 
         Averaging is possible because every run covers the same episodes; an episode that is NaN
-        in any run is NaN here.
+        in any run is NaN here. Each run is one seed, so this is the per-seed average.
+
+        Args:
+            steps: the inner-step count.
+            rows: the runs (rows of ``values``) to average, e.g. those of the seeds both sides of a
+                check share; default: all.
+
+        Raises:
+            BaselineError: ``steps`` was not recorded.
+        """
+        return self.seed_values(steps, rows).mean(axis=0)
+
+    def seed_values(self, steps: int, rows: Sequence[int] | None = None) -> np.ndarray:
+        """The ``[runs, episodes]`` values after ``steps`` inner steps (only ``rows``, in that order, when given).
 
         Raises:
             BaselineError: ``steps`` was not recorded.
@@ -120,7 +142,8 @@ class SettingResults:
                 f"Received inner_steps={steps}, but the {self.describe()} results were recorded at inner "
                 f"steps {sorted(self.values)}. Pick one of those."
             )
-        return self.values[steps].mean(axis=0)
+        values = self.values[steps]
+        return values if rows is None else values[list(rows)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,10 +171,10 @@ class RunRecord:
 
 @dataclasses.dataclass(frozen=True)
 class Baseline:
-    """Per-episode results of one or more runs of one config (equal but for the seed).
+    """Per-episode results of one or more seeds of one recipe (configs equal but for the seed).
 
     The file format is in the module docstring. The same class holds a candidate read from a
-    store, so a baseline and a candidate are compared field for field.
+    store, so a baseline and a candidate are compared field for field, seed by seed.
 
     Attributes:
         algorithm: registered algorithm name.
@@ -160,11 +183,15 @@ class Baseline:
         config: the first run's resolved config.
         config_hash: sha256 of ``config``.
         versions: library -> version of the first run.
-        runs: one :class:`RunRecord` per run, in the order of the ``values`` rows.
+        runs: one :class:`RunRecord` per seed (seeds distinct), in the order of the ``values`` rows.
         settings: one :class:`SettingResults` per evaluation setting, in the config's order.
         created_at: when the baseline was made (ISO-8601 UTC).
         created_by: ``"metabench <version>"`` that made it.
         source: the file it was read from, or the store, for messages (not written).
+        recipe_hash: :func:`metabench.harness.config.recipe_hash` of ``config``; computed from
+            ``config`` when not given.
+        repeats: one note per run left out because it repeated a seed of an earlier run bit for
+            bit, e.g. ``"run B repeats seed 0 of run A bit for bit"`` (not written).
 
     Example::
 
@@ -185,6 +212,14 @@ class Baseline:
     created_at: str = ""
     created_by: str = ""
     source: str = ""
+    recipe_hash: str = ""
+    repeats: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.recipe_hash:
+            from metabench.harness.config import recipe_hash
+
+            object.__setattr__(self, "recipe_hash", recipe_hash(self.config))
 
     @property
     def deterministic(self) -> bool:
@@ -195,11 +230,19 @@ class Baseline:
     def run_ids(self) -> list[str]:
         return [run.run_id for run in self.runs]
 
+    @property
+    def seeds(self) -> list[int]:
+        """The training seeds, one per run (row of ``values``), in that order."""
+        return [run.seed for run in self.runs]
+
     # ------------------------------------------------------------------ from a results store
 
     @classmethod
     def from_store(cls, store, run_ids: Sequence[str]) -> Baseline:
-        """The per-episode results of ``run_ids`` (completed runs of one config but for the seed).
+        """The per-episode results of ``run_ids`` (completed runs of one recipe: configs equal but for the seed).
+
+        Repeated runs of one seed count once when their results agree bit for bit (the others
+        are noted in ``repeats``).
 
         Args:
             store: an open :class:`metabench.harness.store.ResultsStore`.
@@ -207,8 +250,9 @@ class Baseline:
 
         Raises:
             BaselineError: no run ids, an id not in the store, a run that is not completed, runs
-                whose configs differ in more than the seed (the message lists the keys), or runs
-                evaluated on different episodes.
+                of different recipes (configs that differ in more than the seed; the message lists
+                the keys), runs evaluated on different episodes, or repeats of one seed whose
+                results differ (a determinism failure).
         """
         run_ids = list(dict.fromkeys(run_ids))
         if not run_ids:
@@ -232,13 +276,17 @@ class Baseline:
                     "to compare. Use a completed run, or rerun the config."
                 )
             rows.append(row)
+        from metabench.harness.config import recipe_hash
+
         first = rows[0]
+        recipe = recipe_hash(first.config)
         for row in rows[1:]:
-            differences = config_differences(first.config, row.config, ignore=("seed",))
-            if differences:
+            if recipe_hash(row.config) != recipe:
+                differences = config_differences(first.config, row.config, ignore=("seed",)) or ["(no key differs as shown)"]
                 raise BaselineError(
-                    f"Runs {first.run_id} and {row.run_id} have different configs ({'; '.join(differences)}); a "
-                    "baseline combines runs of one config that differ only in the seed. Save them as separate baselines."
+                    f"Runs {first.run_id} and {row.run_id} are different recipes (recipe {recipe[:12]} vs "
+                    f"{recipe_hash(row.config)[:12]}: {'; '.join(differences)}); runs combine only as seeds of one recipe "
+                    "(configs that differ only in the seed). Pass runs of one recipe, or save separate baselines."
                 )
             if row.versions != first.versions:
                 logger.warning("Runs %s and %s ran with different library versions: %s vs %s.", first.run_id, row.run_id, first.versions, row.versions)
@@ -271,6 +319,7 @@ class Baseline:
                       str(row.device), str(row.created_at), dict(row.versions or {}))
             for row in rows
         )  # fmt: skip
+        records, settings, repeats = _one_row_per_seed(records, tuple(settings), f"{store.path}")
         return cls(
             algorithm=first.algorithm,
             dataset=first.dataset,
@@ -279,10 +328,12 @@ class Baseline:
             config_hash=first.config_hash,
             versions=dict(first.versions or {}),
             runs=records,
-            settings=tuple(settings),
+            settings=settings,
             created_at=_now(),
             created_by=f"metabench {_metabench_version()}",
             source=f"{store.path} run(s) {', '.join(run_ids)}",
+            recipe_hash=recipe,
+            repeats=repeats,
         )
 
     # ------------------------------------------------------------------ JSON
@@ -298,6 +349,7 @@ class Baseline:
             "backend": self.backend,
             "deterministic": self.deterministic,
             "config_hash": self.config_hash,
+            "recipe_hash": self.recipe_hash,
             "versions": self.versions,
             "runs": [dataclasses.asdict(run) for run in self.runs],
             "config": self.config,
@@ -339,9 +391,13 @@ class Baseline:
     def load(cls, path: str | os.PathLike) -> Baseline:
         """Read and validate a baseline file.
 
+        ``recipe_hash`` is computed from the file's config (files written before it was recorded
+        lack it); repeated seeds count once, as in :meth:`from_store`.
+
         Raises:
             BaselineError: the file is missing or not JSON, its ``format`` is not :data:`FORMAT`,
-                or a key is missing or malformed (the message names the key).
+                a key is missing or malformed (the message names the key), or it lists one seed
+                twice with different results.
         """
         path = Path(path)
         if not path.is_file():
@@ -388,6 +444,14 @@ class Baseline:
         settings = tuple(_setting_from_dict(s, f"{source} settings[{i}]", len(runs)) for i, s in enumerate(get("settings", list)))
         if not settings:
             raise BaselineError(f"{source}: 'settings' is empty; a baseline holds at least one evaluation setting.")
+        from metabench.harness.config import recipe_hash
+
+        recipe = recipe_hash(config)
+        recorded = payload.get("recipe_hash")
+        if recorded is not None and recorded != recipe:
+            logger.warning("%s records recipe hash %s, but its config hashes to %s with this metabench; using %s.",
+                           source, str(recorded)[:12], recipe[:12], recipe[:12])  # fmt: skip
+        runs, settings, repeats = _one_row_per_seed(runs, settings, source)
         return cls(
             algorithm=get("algorithm", str),
             dataset=get("dataset", str),
@@ -400,6 +464,8 @@ class Baseline:
             created_at=str(payload.get("created_at", "")),
             created_by=str(payload.get("created_by", "")),
             source=source,
+            recipe_hash=recipe,
+            repeats=repeats,
         )
 
 
@@ -434,6 +500,49 @@ def config_differences(a: dict, b: dict, *, ignore: Sequence[str] = ()) -> list[
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
+
+
+def _one_row_per_seed(
+    runs: tuple[RunRecord, ...], settings: tuple[SettingResults, ...], where: str
+) -> tuple[tuple[RunRecord, ...], tuple[SettingResults, ...], tuple[str, ...]]:
+    """Keep the first run of each seed; a later run of that seed must repeat it bit for bit.
+
+    Returns the kept runs, the settings with only their rows, and one note per dropped repeat.
+
+    Raises:
+        BaselineError: two runs of one seed whose per-episode values differ (a determinism failure).
+    """
+    first_of: dict[int, int] = {}
+    keep, repeats = [], []
+    for index, run in enumerate(runs):
+        if run.seed not in first_of:
+            first_of[run.seed] = index
+            keep.append(index)
+            continue
+        original = runs[first_of[run.seed]]
+        for setting in settings:
+            for steps, values in setting.values.items():
+                a, b = values[first_of[run.seed]], values[index]
+                if np.array_equal(a, b, equal_nan=True):
+                    continue
+                differ = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+                with np.errstate(invalid="ignore"):
+                    gaps = np.abs(a - b)[differ]
+                largest = float(np.nanmax(gaps)) if (~np.isnan(gaps)).any() else math.nan
+                raise BaselineError(
+                    f"Runs {original.run_id} and {run.run_id} ({where}) both ran seed {run.seed}, but their results differ: "
+                    f"{setting.describe()}, {setting.metric} after {steps} inner step(s) differs on {int(differ.sum())} of "
+                    f"{a.size} episodes (largest difference {largest:.3g}). That is a determinism failure: repeats of one "
+                    "seed count once and must agree bit for bit; they are never averaged. Pass one run per seed, or find "
+                    "what is not deterministic (set engine.deterministic = true; same machine type and library versions)."
+                )
+        repeats.append(f"run {run.run_id} repeats seed {run.seed} of run {original.run_id} bit for bit")
+    if not repeats:
+        return runs, settings, ()
+    for note in repeats:
+        logger.info("%s: %s; counted once.", where, note)
+    kept = tuple(dataclasses.replace(s, values={k: v[keep] for k, v in s.values.items()}) for s in settings)
+    return tuple(runs[i] for i in keep), kept, tuple(repeats)
 
 
 def _settings_of(frame, run_id: str) -> list[SettingResults]:

@@ -21,10 +21,25 @@ store), pairs the two episode by episode, and decides with the paired tests of
   off it: with one setting, ``regressed`` means the mean is beyond the tolerance and the CI
   excludes 0 on the worse side.
 
+Like is compared with like:
+
+* **Seeds.** Both sides hold the same training seeds, one row per seed. A config candidate is run
+  at every seed of the baseline (each seed's config is the candidate config with that seed); run
+  candidates must be runs of exactly the baseline's seeds, else :class:`CheckError` names the
+  missing and extra seeds. The decision pairs, episode by episode, the per-seed averages over those
+  same seeds; each seed's own mean difference is reported beside it.
+* **Repeats.** Repeated runs of one seed count once when they agree bit for bit; when they differ
+  that is a determinism failure (:class:`~metabench.harness.baseline_file.BaselineError`, exit 2),
+  never averaged.
+* **Recipes.** A baseline is one recipe (:func:`metabench.harness.config.recipe_hash`: the config
+  without the seed and the display-only keys). A candidate of another recipe (e.g. a changed inner
+  learning rate) is still compared, since that is what a regression check of a change is, but
+  the result says "different recipe" and lists the config keys that differ.
+
 It refuses to compare (:class:`CheckError`, exit status 2) when the episodes differ (fingerprints,
 both named in the message), when the settings differ (dataset, split, ways, shots, queries,
-metric), or when the candidate lacks the inner-step count compared. A config candidate is checked
-against the baseline's fingerprints before any training starts.
+metric), when the seeds differ, or when the candidate lacks the inner-step count compared. A
+config candidate is checked against the baseline's fingerprints before any training starts.
 
 Exit status (:attr:`CheckResult.exit_code`): 0 unchanged or improved (and equivalent, when asked),
 1 regressed (or not equivalent, when asked), 2 could not compare.
@@ -97,6 +112,9 @@ class SettingCheck:
         non_finite: episodes where the candidate's metric is NaN or infinite but the baseline's is not.
         dropped: episodes left out because the baseline's metric is not finite.
         note: why a value is NaN or what decided, else ``""``.
+        per_seed: ``(seed, difference)`` per compared seed: that seed's mean paired difference in
+            ``unit`` (NaN when it has no paired episodes). For reading only: the decision uses
+            the per-seed averages.
     """
 
     setting: SettingResults
@@ -119,6 +137,7 @@ class SettingCheck:
     non_finite: int
     dropped: int
     note: str
+    per_seed: tuple[tuple[int, float], ...] = ()
 
     @property
     def gain(self) -> float:
@@ -136,6 +155,7 @@ class SettingCheck:
             "ci_level": self.ci_level, "p_worse": _num(self.p_worse), "p_better": _num(self.p_better),
             "p_worse_holm": _num(self.p_worse_holm), "p_better_holm": _num(self.p_better_holm),
             "non_finite": self.non_finite, "dropped": self.dropped, "note": self.note,
+            "per_seed": [{"seed": seed, "difference": _num(d)} for seed, d in self.per_seed],
         }  # fmt: skip
         if self.equivalence is not None:
             e = self.equivalence
@@ -163,9 +183,11 @@ class CheckResult:
         baseline, candidate: the two sides' results (candidate read back from its store).
         candidate_source: how the candidate was obtained, for messages.
         config_differences: ``"key: baseline -> candidate"`` for every config key that differs (the
-            display-only ``name`` and ``train.log_every`` aside), and ``"seed: [..] -> [..]"`` when
-            the two sides' training seeds differ.
+            seed and the display-only keys aside): empty exactly when the recipes are the same.
         version_differences: ``"library: baseline -> candidate"`` for every library version that differs.
+        seeds: the training seeds compared (the baseline's, in its order; the candidate's are the same).
+        seeds_compared: what was compared, e.g. ``"compared seeds 0, 1 (re-ran both)"``.
+        same_recipe: whether the candidate has the baseline's recipe hash.
     """
 
     decision: str
@@ -181,6 +203,9 @@ class CheckResult:
     candidate_source: str
     config_differences: tuple[str, ...]
     version_differences: tuple[str, ...]
+    seeds: tuple[int, ...] = ()
+    seeds_compared: str = ""
+    same_recipe: bool = True
 
     @property
     def passed(self) -> bool:
@@ -208,10 +233,11 @@ class CheckResult:
             "tolerance": self.tolerance,
             "alpha": self.alpha,
             "equivalence_margin": self.margin,
-            "baseline": {"source": self.baseline.source, "config_hash": self.baseline.config_hash, "run_ids": self.baseline.run_ids,
-                         "versions": self.baseline.versions},
-            "candidate": {"source": self.candidate_source, "config_hash": self.candidate.config_hash, "run_ids": self.candidate.run_ids,
-                          "versions": self.candidate.versions},
+            "seeds": list(self.seeds),
+            "seeds_compared": self.seeds_compared,
+            "same_recipe": self.same_recipe,
+            "baseline": _side(self.baseline, self.baseline.source),
+            "candidate": _side(self.candidate, self.candidate_source),
             "config_differences": list(self.config_differences),
             "version_differences": list(self.version_differences),
             "settings": [s.as_dict() for s in self.settings],
@@ -223,20 +249,23 @@ class CheckResult:
     def explanation(self) -> str:
         """A few human-readable lines: the verdict, both sides, what changed, and each setting's numbers."""
         verdict = self.decision.upper() + (f", {self.equivalence.upper()}" if self.equivalence else "")
-        b = self.baseline
-        seeds = ", ".join(str(r.seed) for r in b.runs)
+        b, c = self.baseline, self.candidate
+        recipe = (
+            "the baseline's recipe" if self.same_recipe
+            else f"a DIFFERENT recipe from the baseline's {b.recipe_hash[:12]} (see the config changes)"
+        )  # fmt: skip
         lines = [
             f"metabench check: {verdict} (exit {self.exit_code})",
-            f"  baseline:  {b.source}: {b.algorithm} on {b.dataset}, {len(b.runs)} run(s) (seed {seeds}), config {b.config_hash[:12]}"
+            f"  baseline:  {b.source}: {b.algorithm} on {b.dataset}, {_seed_list(b.seeds)}, recipe {b.recipe_hash[:12]}"
             + (", deterministic" if b.deterministic else ", NOT deterministic (engine.deterministic = false)"),
             f"  candidate: {self.candidate_source}",
-            (
-                f"             {self.candidate.algorithm} on {self.candidate.dataset}, run(s) {', '.join(self.candidate.run_ids)}, "
-                f"config {self.candidate.config_hash[:12]}"
-            ),
+            f"             {c.algorithm} on {c.dataset}, run(s) {', '.join(c.run_ids)}, recipe {c.recipe_hash[:12]}: {recipe}",
+            f"  {self.seeds_compared}",
             "  config changes: " + ("; ".join(self.config_differences) if self.config_differences else "none"),
             "  library changes: " + ("; ".join(self.version_differences) if self.version_differences else "none"),
         ]
+        for side, results in (("baseline", b), ("candidate", c)):
+            lines += [f"  note: {side} {note}; counted once" for note in results.repeats]
         holm_note = f"Holm over {len(self.settings)} settings, " if len(self.settings) > 1 else ""
         for s in self.settings:
             head = (
@@ -261,6 +290,9 @@ class CheckResult:
                     f"    equivalence within +/-{e.margin:g}: {'yes' if e.equivalent else 'no'} (TOST p = {_p(e.pvalue)}, "
                     f"{100 * e.confidence:g}% CI {e.ci_low:+.3f} to {e.ci_high:+.3f})"
                 )
+            if len(s.per_seed) > 1:
+                mark = " pp" if s.unit == "pp" else "%"
+                lines.append("    difference per seed: " + ", ".join(f"seed {seed} {d:+.3f}{mark}" for seed, d in s.per_seed))
             if s.note:
                 lines.append(f"    note: {s.note}")
         if self.exit_code == EXIT_REGRESSED and not self.config_differences and not self.version_differences and b.deterministic:
@@ -285,19 +317,23 @@ def check(
 ) -> CheckResult:
     """Compare a candidate with a baseline on the baseline's episodes.
 
-    The candidate is either completed runs (``runs``, read from ``store``), or a config that is
-    meta-trained and evaluated now (``config``: a TOML file, a shipped config name, or a config
-    dict; with ``overrides`` like ``["algorithm.inner_lr=0.001"]``), recorded in ``store`` or, when
-    ``store`` is ``None``, in a temporary store deleted afterwards. With neither, the config
-    recorded in the baseline is run again (with ``overrides``): "does the current code still
-    reproduce this baseline?". The Keras backend of the config is selected before the config is
-    resolved, so call this before anything imports Keras with another backend.
+    The candidate is either completed runs (``runs``, read from ``store``; exactly one per seed of
+    the baseline), or a config that is meta-trained and evaluated now at every seed of the
+    baseline (``config``: a TOML file, a shipped config name, or a config dict; with
+    ``overrides`` like ``["algorithm.inner_lr=0.001"]``; its own ``seed`` is replaced by each
+    baseline seed in turn), recorded in ``store`` or, when ``store`` is ``None``, in a temporary
+    store deleted afterwards. With neither, the config recorded in the baseline is run again
+    (with ``overrides``) at each of its seeds: "does the current code still reproduce this
+    baseline?". The Keras backend of the config is selected before the config is resolved, so
+    call this before anything imports Keras with another backend.
 
     Args:
         baseline: a :class:`Baseline` or the path of a baseline file.
         config: the candidate config (see above); exclusive with ``runs``.
-        overrides: ``KEY=VALUE`` overrides applied to the candidate config.
-        runs: ids of completed candidate runs in ``store`` (their per-episode values are averaged).
+        overrides: ``KEY=VALUE`` overrides applied to the candidate config (not ``seed``: the
+            seeds are the baseline's).
+        runs: ids of completed candidate runs in ``store``, one per baseline seed (a repeat of a
+            seed that agrees bit for bit counts once).
         store: results store path; default for ``runs`` is ``reports/results.sqlite``.
         tolerance: largest change that is not a regression or an improvement, in percentage
             points of accuracy or percent of the baseline's mean MSE (>= 0).
@@ -312,9 +348,10 @@ def check(
         CheckResult (its ``exit_code`` is 0 or 1; failures to compare raise).
 
     Raises:
-        CheckError: the episodes, settings or inner-step counts differ, the store or run is
-            missing, or an argument is invalid (exit status 2).
-        BaselineError: the baseline file cannot be read.
+        CheckError: the episodes, settings, seeds or inner-step counts differ, the store or run
+            is missing, or an argument is invalid (exit status 2).
+        BaselineError: the baseline file cannot be read, the candidate runs are of several
+            recipes, or repeats of one seed differ (a determinism failure).
         ConfigError, EngineError, DatasetError, TrainingDiverged: from the candidate's config or run.
     """
     _check_thresholds(tolerance, alpha, equivalence, inner_steps)
@@ -331,7 +368,7 @@ def check(
     else:
         candidate, source = _candidate_from_config(baseline, config, overrides, store, data_dir, cache_dir, show_progress)
     return compare(baseline, candidate, tolerance=tolerance, alpha=alpha, equivalence=equivalence, inner_steps=inner_steps,
-                   candidate_source=source)  # fmt: skip
+                   candidate_source=source, rerun=not runs)  # fmt: skip
 
 
 def compare(
@@ -343,19 +380,25 @@ def compare(
     equivalence: float | None = None,
     inner_steps: int | None = None,
     candidate_source: str = "",
+    rerun: bool = False,
 ) -> CheckResult:
-    """Pair two sets of per-episode results setting by setting and decide (no I/O, no training).
+    """Pair two sets of per-episode results setting by setting, seed by seed, and decide (no I/O, no training).
 
     Every setting of ``baseline`` must have a candidate setting with the same fingerprint and
-    metric; candidate settings the baseline lacks are ignored. Arguments as for :func:`check`.
+    metric; candidate settings the baseline lacks are ignored. Both sides must hold the same
+    seeds; the per-episode values compared are each side's average over those seeds, taken in the
+    baseline's seed order. Arguments as for :func:`check`; ``rerun``: the candidate is the
+    baseline's config run again at its seeds (only changes the wording of ``seeds_compared``).
 
     Raises:
         CheckError: a baseline setting has no candidate results on the same episodes (the message
-            names both fingerprints), the metrics differ, or the inner-step count is missing.
+            names both fingerprints), the metrics differ, the seeds differ (the message names the
+            missing and extra seeds), or the inner-step count is missing.
     """
     _check_thresholds(tolerance, alpha, equivalence, inner_steps)
     pairs = _pair_settings(baseline, candidate)
-    partial = [_compare_setting(b, c, inner_steps, tolerance, alpha, equivalence) for b, c in pairs]
+    rows = _seed_rows(baseline, candidate)
+    partial = [_compare_setting(b, c, inner_steps, tolerance, alpha, equivalence, rows, baseline.seeds) for b, c in pairs]
     worse_holm = holm([p["p_worse"] for p in partial])
     better_holm = holm([p["p_better"] for p in partial])
     settings = []
@@ -388,6 +431,9 @@ def compare(
         candidate_source=candidate_source or candidate.source,
         config_differences=tuple(_config_changes(baseline, candidate)),
         version_differences=tuple(_version_differences(baseline.versions, candidate.versions)),
+        seeds=tuple(baseline.seeds),
+        seeds_compared=_seeds_compared(baseline.seeds, rerun),
+        same_recipe=baseline.recipe_hash == candidate.recipe_hash,
     )
 
 
@@ -440,31 +486,50 @@ def _candidate_from_runs(run_ids: Sequence[str], store_path) -> tuple[Baseline, 
 
 
 def _candidate_from_config(baseline, config, overrides, store_path, data_dir, cache_dir, show_progress) -> tuple[Baseline, str]:
-    resolved, origin = resolve_candidate_config(baseline, config, overrides)
+    """Run the candidate config at every seed of the baseline (one run per seed) and read the runs back.
+
+    Calls :func:`metabench.harness.runner.prepare` once (evaluation episodes do not depend on the
+    training seed) and :func:`metabench.harness.runner.run` once per seed with that prepared data.
+    """
+    for override in overrides:
+        if override.partition("=")[0].strip() == "seed":
+            raise CheckError(
+                f"Received override {override!r}, but a config candidate is run at the baseline's seeds "
+                f"({_listed(baseline.seeds)}), each compared with the baseline's run of the same seed. "
+                "Leave seed out; to check other seeds, save a baseline of those seeds."
+            )
+    seeds = baseline.seeds
+    configs = [resolve_candidate_config(baseline, config, overrides, seed=seed) for seed in seeds]
+    origin = configs[0][1]
     from metabench.harness import runner
     from metabench.harness.store import ResultsStore
 
     # Fail before training: the candidate's evaluation episodes must be the baseline's.
-    prepared = runner.prepare(resolved, data_dir, cache_dir)
+    prepared = runner.prepare(configs[0][0], data_dir, cache_dir)
     sets = [((s.dataset, s.split, s.spec.ways, s.spec.shots, s.spec.queries), s.fingerprint) for s in prepared.eval_sets]
-    require_same_episodes(baseline, sets, resolved)
+    require_same_episodes(baseline, sets, configs[0][0])
     with tempfile.TemporaryDirectory(prefix="metabench-check-") as temporary:
         path = Path(store_path) if store_path else Path(temporary) / "results.sqlite"
-        logger.info("Running the candidate (%s) into %s", origin, path if store_path else "a temporary store")
         with ResultsStore(path) as store:
-            summary = runner.run(resolved, store=store, data_dir=data_dir, cache_dir=cache_dir,
-                                 show_progress=show_progress, prepared=prepared)
-            candidate = Baseline.from_store(store, [summary.run_id])
+            run_ids = []
+            for number, (seed, (resolved, _)) in enumerate(zip(seeds, configs), start=1):
+                logger.info("Running the candidate (%s) at seed %d (%d of %d) into %s", origin, seed, number, len(seeds),
+                            path if store_path else "a temporary store")  # fmt: skip
+                summary = runner.run(resolved, store=store, data_dir=data_dir, cache_dir=cache_dir,
+                                     show_progress=show_progress, prepared=prepared)  # fmt: skip
+                run_ids.append(summary.run_id)
+            candidate = Baseline.from_store(store, run_ids)
     where = f"store {path}" if store_path else "a temporary store"
-    return candidate, f"{origin}, run now into {where}"
+    return candidate, f"{origin}, run now at seed(s) {_listed(seeds)} into {where}"
 
 
-def resolve_candidate_config(baseline: Baseline, config, overrides: Sequence[str] = ()) -> tuple[dict, str]:
+def resolve_candidate_config(baseline: Baseline, config, overrides: Sequence[str] = (), *, seed: int | None = None) -> tuple[dict, str]:
     """The candidate's resolved config and a description of where it came from.
 
     ``config``: a TOML path or shipped config name, a (raw or resolved) config dict, or ``None``
-    for the config recorded in ``baseline``. The Keras backend (``backend`` key) is selected
-    before the config is resolved, because resolving imports the registered components.
+    for the config recorded in ``baseline``. ``seed``: the training seed to set (after the
+    overrides; it is validated with the rest of the config). The Keras backend (``backend`` key)
+    is selected before the config is resolved, because resolving imports the registered components.
     """
     from metabench.harness.config import apply_override, read_raw_config, resolve_config
     from metabench.harness.engines import select_backend
@@ -480,6 +545,8 @@ def resolve_candidate_config(baseline: Baseline, config, overrides: Sequence[str
         apply_override(raw, override)
     if overrides:
         origin += " with " + " ".join(f"--set {o}" for o in overrides)
+    if seed is not None:
+        raw["seed"] = seed
     select_backend(raw.get("backend", "tensorflow"))
     return resolve_config(raw, origin), origin
 
@@ -508,7 +575,27 @@ def _pair_settings(baseline: Baseline, candidate: Baseline) -> list[tuple[Settin
     return pairs
 
 
-def _compare_setting(b: SettingResults, c: SettingResults, inner_steps, tolerance, alpha, margin) -> dict:
+def _seed_rows(baseline: Baseline, candidate: Baseline) -> tuple[list[int], list[int]]:
+    """Rows of ``values`` to compare on each side: every seed, the candidate's in the baseline's seed order.
+
+    Raises:
+        CheckError: the two sides hold different seeds (the message names the missing and extra ones).
+    """
+    ours, theirs = baseline.seeds, candidate.seeds
+    missing = [s for s in ours if s not in theirs]
+    extra = [s for s in theirs if s not in ours]
+    if missing or extra:
+        raise CheckError(
+            f"The baseline holds seed(s) {_listed(ours)}, but the candidate run(s) {', '.join(candidate.run_ids)} hold seed(s) "
+            f"{_listed(theirs)}: missing seed(s) {_listed(missing)}; extra seed(s) {_listed(extra)}. A check compares the same "
+            "seeds on both sides (other seeds would count seed-to-seed variation as a change). Pass one completed run per "
+            "baseline seed (--run, repeatable), or check a config (--config), which is run at every seed of the baseline."
+        )
+    return list(range(len(ours))), [theirs.index(s) for s in ours]
+
+
+def _compare_setting(b: SettingResults, c: SettingResults, inner_steps, tolerance, alpha, margin, rows=None, seeds=()) -> dict:
+    """The paired numbers of one setting; ``rows``: (baseline rows, candidate rows) of the seeds compared, in ``seeds`` order."""
     steps = b.headline_steps if inner_steps is None else inner_steps
     for side, results in (("baseline", b), ("candidate", c)):
         if steps not in results.values:
@@ -518,7 +605,8 @@ def _compare_setting(b: SettingResults, c: SettingResults, inner_steps, toleranc
                 f"recorded inner steps {sorted(results.values)}. Pass --inner-steps one of "
                 f"{sorted(set(b.values) & set(c.values))}, or evaluate with evaluation.inner_steps including {steps}."
             )
-    base, cand = b.episode_values(steps), c.episode_values(steps)
+    base_rows, cand_rows = rows if rows is not None else (list(range(b.runs)), list(range(c.runs)))
+    base, cand = b.episode_values(steps, base_rows), c.episode_values(steps, cand_rows)
     base_ok, cand_ok = np.isfinite(base), np.isfinite(cand)
     dropped = int(np.sum(~base_ok))
     non_finite = int(np.sum(base_ok & ~cand_ok))
@@ -566,8 +654,13 @@ def _compare_setting(b: SettingResults, c: SettingResults, inner_steps, toleranc
         numbers["equivalence"] = EquivalenceTest(0, nan, float(margin), nan, nan, level, nan, nan, nan, float(alpha), False, "no paired episodes")
     if n and numbers["difference"] == 0.0 and numbers["ci_low"] == numbers["ci_high"] == 0.0:
         notes.append("identical per-episode results (bit-for-bit)")
+    per_seed = []
+    for seed, base_row, cand_row in zip(seeds, base_rows, cand_rows):
+        one_base, one_cand = b.seed_values(steps, [base_row])[0], c.seed_values(steps, [cand_row])[0]
+        both = np.isfinite(one_base) & np.isfinite(one_cand)
+        per_seed.append((int(seed), float(np.mean(one_cand[both] - one_base[both]) * scale) if both.any() else nan))
     return dict(setting=b, inner_steps=steps, n=n, unit=unit, higher_is_better=higher_is_better, ci_level=level,
-                non_finite=non_finite, dropped=dropped, note="; ".join(notes), **numbers)  # fmt: skip
+                non_finite=non_finite, dropped=dropped, note="; ".join(notes), per_seed=tuple(per_seed), **numbers)  # fmt: skip
 
 
 def _deciding(settings: Sequence[SettingCheck], decision: str, verdict: str | None) -> int:
@@ -625,12 +718,33 @@ def _describe_key(key: tuple) -> str:
 
 
 def _config_changes(baseline: Baseline, candidate: Baseline) -> list[str]:
-    """Config keys that differ (not the display-only ones), and the seeds when they differ."""
-    changes = config_differences(baseline.config, candidate.config, ignore=("seed", "name", "train.log_every"))
-    seeds = sorted({r.seed for r in baseline.runs}), sorted({r.seed for r in candidate.runs})
-    if seeds[0] != seeds[1]:
-        changes.insert(0, f"seed: {seeds[0]} -> {seeds[1]}")
-    return changes
+    """Config keys that differ, the seed and the display-only keys aside: what makes the recipes differ."""
+    return config_differences(baseline.config, candidate.config, ignore=("seed",))
+
+
+def _listed(seeds: Sequence[int]) -> str:
+    """``"0, 1"``, or ``"none"``."""
+    return ", ".join(map(str, seeds)) or "none"
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    """``"seed 0"`` or ``"seeds 0, 1"``."""
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
+def _seeds_compared(seeds: Sequence[int], rerun: bool) -> str:
+    """E.g. ``"compared seeds 0, 1 (re-ran both)"`` or ``"compared seed 0 (the candidate's run of the same seed)"``."""
+    if rerun:
+        how = "re-ran it" if len(seeds) == 1 else "re-ran both" if len(seeds) == 2 else f"re-ran all {len(seeds)}"
+    else:
+        how = "the candidate's run of the same seed" if len(seeds) == 1 else "the candidate's runs of the same seeds, seed by seed"
+    return f"compared {_seed_list(seeds)} ({how})"
+
+
+def _side(results: Baseline, source: str) -> dict:
+    """One side of the check in ``--json``."""
+    return {"source": source, "config_hash": results.config_hash, "recipe_hash": results.recipe_hash, "run_ids": results.run_ids,
+            "seeds": results.seeds, "repeats": list(results.repeats), "versions": results.versions}  # fmt: skip
 
 
 def _version_differences(baseline: dict, candidate: dict) -> list[str]:

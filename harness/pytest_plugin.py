@@ -10,9 +10,11 @@ available to every test; nothing heavy is imported until a test uses it. A test:
             overrides=["train.meta_iterations=300", "evaluation.episodes=100", "engine.deterministic=true"],
         )
 
-trains and evaluates the candidate on the baseline's episodes (as ``metabench check --config``)
-and fails with the check's explanation when it regressed (or, with ``equivalence=MARGIN``, is not
-equivalent), or when it could not be compared (different episodes or settings). It returns the
+trains and evaluates the candidate on the baseline's episodes (as ``metabench check --config``:
+once per seed of the baseline, so a multi-seed baseline is checked against the same seeds) and
+fails with the check's explanation when it regressed (or, with ``equivalence=MARGIN``, is not
+equivalent), or when it could not be compared (different episodes, settings or seeds, or repeats
+of one seed that differ). It returns the
 :class:`metabench.harness.check.CheckResult` otherwise, and records the result as JSON in the
 test's ``user_properties`` (``metabench_check``), which ``--junitxml`` reports carry.
 

@@ -16,7 +16,7 @@ from metabench.harness.baseline_file import (
     config_differences,
 )
 from metabench.harness.cli import main
-from metabench.harness.config import config_hash
+from metabench.harness.config import config_hash, recipe_hash
 from metabench.harness.results import Evaluation, RunInfo
 from metabench.harness.store import ResultsStore
 
@@ -85,11 +85,53 @@ def test_several_seeds_are_kept_per_run_and_averaged_per_episode(store):
     np.testing.assert_array_equal(again.settings[0].values[1], [[1.0, 2.0], [3.0, 4.0]])
 
 
-def test_runs_of_different_configs_do_not_combine(store):
+def test_runs_of_different_recipes_do_not_combine(store):
     first = record(store, {1: [1.0, 2.0]})
-    other = record(store, {1: [1.0, 2.0]}, config=dict(CONFIG, algorithm={"name": "maml", "inner_lr": 0.1}), seed=1)
-    with pytest.raises(BaselineError, match=r"have different configs \(algorithm.inner_lr: 0.01 -> 0.1\); a baseline combines runs of one config"):
+    other_config = dict(CONFIG, algorithm={"name": "maml", "inner_lr": 0.1})
+    other = record(store, {1: [1.0, 2.0]}, config=other_config, seed=1)
+    with pytest.raises(BaselineError, match=rf"Runs {first} and {other} are different recipes \(recipe {recipe_hash(CONFIG)[:12]} vs "
+                                            rf"{recipe_hash(other_config)[:12]}: algorithm.inner_lr: 0.01 -> 0.1\); runs combine only as "
+                                            r"seeds of one recipe"):
         Baseline.from_store(store, [first, other])
+    # the seed, the name and the label are not part of the recipe
+    renamed = record(store, {1: [3.0, 4.0]}, config=dict(CONFIG, name="other", label="mine"), seed=2)
+    assert Baseline.from_store(store, [first, renamed]).recipe_hash == recipe_hash(CONFIG)
+
+
+def test_the_recipe_hash_is_written_and_computed_for_files_without_it(store, tmp_path):
+    baseline = Baseline.from_store(store, [record(store, {1: [1.0, 2.0]}, seed=3)])
+    assert baseline.recipe_hash == recipe_hash(CONFIG) == recipe_hash(dict(CONFIG, seed=3)) and baseline.seeds == [3]
+    payload = baseline.to_dict()
+    assert payload["recipe_hash"] == baseline.recipe_hash and payload["format"] == "metabench-baseline/1"
+    del payload["recipe_hash"]  # as written before recipes existed
+    (tmp_path / "old.json").write_text(json.dumps(payload))
+    assert Baseline.load(tmp_path / "old.json").recipe_hash == baseline.recipe_hash
+
+
+def test_a_repeated_seed_counts_once_when_identical(store, tmp_path):
+    first = record(store, {1: [1.0, float("nan")]}, seed=0)
+    again = record(store, {1: [1.0, float("nan")]}, seed=0)
+    other = record(store, {1: [3.0, 4.0]}, seed=1)
+    baseline = Baseline.from_store(store, [first, again, other])
+    assert baseline.run_ids == [first, other] and baseline.seeds == [0, 1]
+    assert baseline.repeats == (f"run {again} repeats seed 0 of run {first} bit for bit",)
+    np.testing.assert_array_equal(baseline.settings[0].values[1], [[1.0, np.nan], [3.0, 4.0]])
+    # a file listing one seed twice (hand-made or old) is read the same way
+    payload = Baseline.from_store(store, [first, other]).to_dict()
+    payload["runs"].insert(1, dict(payload["runs"][0], run_id="copy"))
+    payload["settings"][0]["values"] = {k: [v[0], v[0], v[1]] for k, v in payload["settings"][0]["values"].items()}
+    loaded = Baseline.from_dict(payload)
+    assert loaded.seeds == [0, 1] and loaded.repeats == (f"run copy repeats seed 0 of run {first} bit for bit",)
+
+
+def test_differing_repeats_of_a_seed_are_a_determinism_failure(store):
+    first = record(store, {0: [5.0, 5.0], 1: [1.0, 2.0]}, seed=0)
+    drifted = record(store, {0: [5.0, 5.0], 1: [1.0, 2.0000001]}, seed=0)
+    with pytest.raises(BaselineError, match=rf"Runs {first} and {drifted} \(.*\) both ran seed 0, but their results differ: sinusoid test "
+                                            r"5-shot \(100 queries\), mse after 1 inner step\(s\) differs on 1 of 2 episodes \(largest "
+                                            r"difference 1e-07\)\. That is a determinism failure: repeats of one seed count once and must "
+                                            r"agree bit for bit; they are never averaged"):
+        Baseline.from_store(store, [first, drifted])
 
 
 def test_runs_on_different_episodes_do_not_combine(store):
@@ -181,8 +223,10 @@ def test_baseline_save_and_show_commands(store, tmp_path, capsys):
     assert _metabench("baseline", "show", str(out)) == 0
     shown = capsys.readouterr().out
     assert "maml on sinusoid (tensorflow, deterministic)" in shown and "fingerprint aaaaaaaaaaaa: mse 0 steps 1.5000, 1 steps 1.0000" in shown
+    assert f"recipe {recipe_hash(CONFIG)[:12]}, config " in shown
     assert _metabench("baseline", "show", str(out), "--json") == 0
-    assert json.loads(capsys.readouterr().out)["settings"][0]["episodes"] == 2
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["settings"][0]["episodes"] == 2 and summary["recipe_hash"] == recipe_hash(CONFIG) and summary["seeds"] == [0]
 
 
 def test_baseline_save_refusals_exit_2(store, tmp_path, capsys):
@@ -191,3 +235,8 @@ def test_baseline_save_refusals_exit_2(store, tmp_path, capsys):
     assert _metabench("baseline", "save", "x", "--store", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "b.json")) == 2
     assert f"no results store at {tmp_path / 'none.sqlite'}" in capsys.readouterr().err
     assert not (tmp_path / "none.sqlite").exists()
+    first = record(store, {1: [1.0]})
+    other = record(store, {1: [1.0]}, config=dict(CONFIG, evaluation={"seed": 1, "episodes": 5}), seed=1)
+    assert _metabench("baseline", "save", first, other, "--store", str(store.path), "--out", str(tmp_path / "b.json")) == 2
+    assert f"metabench: error: Runs {first} and {other} are different recipes" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()

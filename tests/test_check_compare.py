@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from metabench.harness.baseline_file import Baseline, RunRecord, SettingResults
 from metabench.harness.check import CheckError, CheckResult, compare
 from metabench.harness.cli import main
-from metabench.harness.config import config_hash
+from metabench.harness.config import config_hash, recipe_hash
 from metabench.harness.results import Evaluation, RunInfo
 from metabench.harness.stats import holm
 from metabench.harness.store import ResultsStore
@@ -166,13 +167,75 @@ def test_bad_thresholds_are_refused_by_name(kwargs, message):
         compare(results(MSE), results(MSE), **kwargs)
 
 
-def test_config_and_library_changes_are_reported():
-    changed = dict(copy.deepcopy(CONFIG), algorithm={"name": "maml", "inner_lr": 0.0001}, seed=3)
+def test_config_and_library_changes_are_reported_and_another_recipe_is_named():
+    changed = dict(copy.deepcopy(CONFIG), algorithm={"name": "maml", "inner_lr": 0.0001}, name="renamed", label="slow")
     result = compare(results(MSE), results(MSE * 1.5, config=changed, versions={"tensorflow": "2.22.0"}))
-    assert result.config_differences == ("seed: [0] -> [3]", "algorithm.inner_lr: 0.01 -> 0.0001")
+    assert result.config_differences == ("algorithm.inner_lr: 0.01 -> 0.0001",)  # name and label are display-only
     assert result.version_differences == ("tensorflow 2.21.0 -> 2.22.0",)
+    assert not result.same_recipe and result.candidate.recipe_hash == recipe_hash(changed) != result.baseline.recipe_hash
     text = result.explanation()
-    assert "config changes: seed: [0] -> [3]; algorithm.inner_lr: 0.01 -> 0.0001" in text and "library changes: tensorflow 2.21.0 -> 2.22.0" in text
+    assert "config changes: algorithm.inner_lr: 0.01 -> 0.0001" in text and "library changes: tensorflow 2.21.0 -> 2.22.0" in text
+    assert f"recipe {recipe_hash(changed)[:12]}: a DIFFERENT recipe from the baseline's {recipe_hash(CONFIG)[:12]}" in text
+    payload = result.as_dict()
+    assert payload["same_recipe"] is False and payload["candidate"]["recipe_hash"] == recipe_hash(changed)
+    same = compare(results(MSE), results(MSE, config=dict(copy.deepcopy(CONFIG), name="renamed")))
+    assert same.same_recipe and same.config_differences == () and ": the baseline's recipe" in same.explanation()
+
+
+# ----------------------------------------------------------------------------- several seeds
+
+
+def seeds(values_by_seed: dict, *, config=CONFIG, ids=None, steps=1) -> Baseline:
+    """A Baseline of one run per seed (rows in the dict's order), one mse setting at ``steps``."""
+    order = list(values_by_seed)
+    rows = np.stack([np.asarray(values_by_seed[s], dtype=float) for s in order])
+    setting = SettingResults("sinusoid", "test", None, 5, 100, FP_5, "mse", steps, {steps: rows, 0: np.zeros_like(rows)})
+    ids = ids or [f"r{s}" for s in order]
+    runs = tuple(RunRecord(i, s, config_hash(dict(config, seed=s)), None, "CPU", "", {"tensorflow": "2.21.0"}) for i, s in zip(ids, order))
+    return Baseline("maml", "sinusoid", "tensorflow", config, config_hash(config), {"tensorflow": "2.21.0"}, runs, (setting,), source="test")
+
+
+SEED_1 = MSE[::-1].copy()  # another seed's per-episode MSE: differs episode by episode
+
+
+def test_the_same_seeds_give_identical_results_whatever_their_order():
+    base = seeds({0: MSE, 1: SEED_1})
+    result = compare(base, seeds({1: SEED_1, 0: MSE}), rerun=False)
+    assert (result.decision, result.exit_code, result.seeds) == ("unchanged", 0, (0, 1))
+    s = result.settings[0]
+    assert (s.difference, s.ci_low, s.ci_high) == (0.0, 0.0, 0.0) and "bit-for-bit" in s.note
+    assert s.per_seed == ((0, 0.0), (1, 0.0))
+    assert result.seeds_compared == "compared seeds 0, 1 (the candidate's runs of the same seeds, seed by seed)"
+    text = result.explanation()
+    assert "  compared seeds 0, 1 (the candidate's runs of the same seeds, seed by seed)" in text
+    assert "maml on sinusoid, seeds 0, 1, recipe" in text and "difference per seed: seed 0 +0.000%, seed 1 +0.000%" in text
+    assert compare(base, seeds({0: MSE, 1: SEED_1}), rerun=True).seeds_compared == "compared seeds 0, 1 (re-ran both)"
+    assert compare(seeds({0: MSE}), seeds({0: MSE}), rerun=True).seeds_compared == "compared seed 0 (re-ran it)"
+    payload = compare(base, seeds({0: MSE, 1: SEED_1}), rerun=True).as_dict()
+    assert payload["seeds"] == [0, 1] and payload["seeds_compared"] == "compared seeds 0, 1 (re-ran both)"
+    assert payload["settings"][0]["per_seed"] == [{"seed": 0, "difference": 0.0}, {"seed": 1, "difference": 0.0}]
+    assert payload["baseline"]["seeds"] == [0, 1] and payload["same_recipe"] is True
+
+
+def test_a_two_seed_baseline_is_not_compared_with_one_seed():
+    # The bug this guards against: seed 0 alone against the mean of seeds 0 and 1 looked like a large regression.
+    base = seeds({0: MSE, 1: SEED_1})
+    with pytest.raises(CheckError, match=r"The baseline holds seed\(s\) 0, 1, but the candidate run\(s\) r0 hold seed\(s\) 0: "
+                                         r"missing seed\(s\) 1; extra seed\(s\) none\. A check compares the same seeds on both sides"):
+        compare(base, seeds({0: MSE}))
+    with pytest.raises(CheckError, match=r"missing seed\(s\) none; extra seed\(s\) 2\."):
+        compare(base, seeds({0: MSE, 1: SEED_1, 2: MSE}))
+    with pytest.raises(CheckError, match=r"missing seed\(s\) 1; extra seed\(s\) 2\. .*Pass one completed run per baseline seed"):
+        compare(base, seeds({0: MSE, 2: SEED_1}))
+
+
+def test_per_seed_differences_show_which_seed_changed():
+    result = compare(seeds({0: MSE, 1: SEED_1}), seeds({0: MSE, 1: SEED_1 * 1.2}))
+    s = result.settings[0]
+    reference = np.mean((MSE + SEED_1) / 2)
+    assert s.per_seed[0] == (0, 0.0) and s.per_seed[1][1] == pytest.approx(100 * 0.2 * SEED_1.mean() / reference)
+    assert s.difference == pytest.approx(100 * 0.1 * SEED_1.mean() / reference)  # the decision uses the per-seed averages
+    assert result.decision == "regressed"
 
 
 def test_json_has_the_decision_difference_ci_p_value_and_n():
@@ -233,3 +296,35 @@ def test_check_command_cannot_compare_exits_2(stored, tmp_path, capsys):
     assert "could not compare: Cannot read baseline" in capsys.readouterr().err
     assert _metabench("check", "--baseline", baseline, "--store", str(folder / "results.sqlite"), "--run", same, "--alpha", "0.7") == 2
     assert "Received alpha=0.7" in capsys.readouterr().err
+
+
+def test_check_command_compares_a_two_seed_baseline_seed_by_seed(tmp_path, capsys):
+    path = tmp_path / "results.sqlite"
+    with ResultsStore(path) as store:
+        b0, b1 = _record(store, MSE, seed=0), _record(store, SEED_1, seed=1)
+        c1, c0 = _record(store, SEED_1, seed=1), _record(store, MSE, seed=0)
+        again = _record(store, MSE, seed=0)
+        drifted = _record(store, MSE * (1 + 1e-12), seed=0)  # seed 0 once more, off in the 12th digit
+    baseline = tmp_path / "baseline.json"
+    assert _metabench("baseline", "save", b0, b1, "--store", str(path), "--out", str(baseline)) == 0
+    capsys.readouterr()
+    common = ("check", "--baseline", str(baseline), "--store", str(path))
+    assert _metabench(*common, "--run", c1, "--run", c0, "--json") == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert (payload["decision"], payload["exit_code"], payload["difference"], payload["seeds"]) == ("unchanged", 0, 0.0, [0, 1])
+    assert payload["seeds_compared"] == "compared seeds 0, 1 (the candidate's runs of the same seeds, seed by seed)"
+    assert payload["candidate"]["seeds"] == [1, 0] and payload["candidate"]["run_ids"] == [c1, c0]
+    # one seed against a two-seed baseline: refused, naming the missing seed
+    assert _metabench(*common, "--run", c0) == 2
+    assert "could not compare: The baseline holds seed(s) 0, 1, but the candidate run(s) " in capsys.readouterr().err
+    # a repeat of seed 0 that agrees bit for bit counts once, and says so
+    assert _metabench(*common, "--run", c0, "--run", again, "--run", c1) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("metabench check: UNCHANGED (exit 0)")
+    assert f"note: candidate run {again} repeats seed 0 of run {c0} bit for bit; counted once" in out
+    # a repeat that differs is a determinism failure, for a candidate and for a baseline
+    assert _metabench(*common, "--run", c0, "--run", drifted, "--run", c1) == 2
+    assert re.search(rf"could not compare: Runs {c0} and {drifted} \(.*\) both ran seed 0, but their results differ: .* That is a "
+                     r"determinism failure", capsys.readouterr().err)  # fmt: skip
+    assert _metabench("baseline", "save", b0, drifted, "--store", str(path), "--out", str(tmp_path / "never.json")) == 2
+    assert "determinism failure" in capsys.readouterr().err and not (tmp_path / "never.json").exists()

@@ -72,7 +72,10 @@ def test_metabench_check_fixture_passes_unchanged_and_fails_regressed(pytester):
         [
             "*_ test_degraded_fails _*",
             "metabench check: REGRESSED (exit 1)",
-            "  baseline:  */baselines/maml_sinusoid.json: maml on sinusoid, 1 run(s) (seed 0), config *, deterministic",
+            "  baseline:  */baselines/maml_sinusoid.json: maml on sinusoid, seed 0, recipe *, deterministic",
+            "  candidate: the config recorded in */baselines/maml_sinusoid.json with --set algorithm.inner_lr=0.0001, run now at seed(s) 0 *",
+            "             maml on sinusoid, run(s) *, recipe *: a DIFFERENT recipe from the baseline's *",
+            "  compared seed 0 (re-ran it)",
             "  config changes: algorithm.inner_lr: 0.01 -> 0.0001",
             "  [[]regressed[]] sinusoid test 5-shot (100 queries), mse after 1 inner step(s), n = 100, *",
             "*_ test_other_episodes_cannot_be_compared _*",

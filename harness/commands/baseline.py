@@ -1,7 +1,9 @@
 """`metabench baseline save|show`: write completed runs as a baseline file, or summarize one.
 
-``save RUN_ID... --out FILE [--store PATH]`` writes the runs' per-episode results (several runs of
-one config, differing only in the seed, are kept per run and averaged per episode when checked).
+``save RUN_ID... --out FILE [--store PATH]`` writes the runs' per-episode results: the runs must be
+of one recipe (configs differing only in the seed; else the error names the keys that differ),
+and are kept one per seed (a repeat of a seed that agrees bit for bit counts once; one that differs
+is a determinism failure). ``metabench check`` compares such a baseline with the same seeds.
 ``show FILE`` prints what a baseline holds. Exit status 2 when a run or file cannot be used.
 """
 
@@ -18,8 +20,9 @@ def register(commands) -> None:
     baseline = commands.add_parser("baseline", help="save completed runs as a baseline file for `metabench check`, or show one")
     actions = baseline.add_subparsers(dest="baseline_command", required=True)
     save = actions.add_parser("save", help="write completed runs' per-episode results as a baseline JSON file",
-                              description="Write the per-episode results of one or more completed runs of one config "
-                              "(differing only in the seed) as a versioned JSON baseline, to commit and check against.")
+                              description="Write the per-episode results of one or more completed runs of one recipe "
+                              "(configs differing only in the seed), one per seed, as a versioned JSON baseline, to commit "
+                              "and check against. `metabench check` compares it with the same seeds.")
     save.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="completed runs (see `metabench report` or `metabench run --json`)")
     save.add_argument("--out", required=True, metavar="FILE", help="the baseline file to write, e.g. tests/baselines/maml_sinusoid.json")
     save.add_argument("--store", default=DEFAULT_STORE, help=f"results store holding the runs (default: {DEFAULT_STORE})")
@@ -64,6 +67,8 @@ def _show(args) -> int:
         "backend": baseline.backend,
         "deterministic": baseline.deterministic,
         "config_hash": baseline.config_hash,
+        "recipe_hash": baseline.recipe_hash,
+        "seeds": baseline.seeds,
         "created_by": baseline.created_by,
         "versions": baseline.versions,
         "runs": [{"run_id": r.run_id, "seed": r.seed, "git_commit": r.git_commit} for r in baseline.runs],
@@ -83,8 +88,11 @@ def _show(args) -> int:
         print(json.dumps(summary, indent=2, allow_nan=False, default=str))
         return 0
     print(f"{args.file}: {baseline.algorithm} on {baseline.dataset} ({baseline.backend}"
-          f"{', deterministic' if baseline.deterministic else ''}), config {baseline.config_hash[:12]}, {baseline.created_by}")
+          f"{', deterministic' if baseline.deterministic else ''}), recipe {baseline.recipe_hash[:12]}, "
+          f"config {baseline.config_hash[:12]}, {baseline.created_by}")
     print("  runs: " + ", ".join(f"{r.run_id} (seed {r.seed})" for r in baseline.runs))
+    for note in baseline.repeats:
+        print(f"  note: {note}; counted once")
     print("  versions: " + ", ".join(f"{k} {v}" for k, v in sorted(baseline.versions.items())))
     for s in baseline.settings:
         means = ", ".join(

@@ -1,7 +1,9 @@
 """`metabench check`: did the candidate regress against a baseline file? Answered as an exit code.
 
 Exit status: 0 unchanged or improved (and equivalent, with ``--equivalence``), 1 regressed (or not
-equivalent), 2 could not compare (different episodes or settings, missing run, bad arguments).
+equivalent), 2 could not compare (different episodes, settings or seeds, a missing run, repeats
+of one seed that differ, bad arguments). A multi-seed baseline is checked against the same seeds:
+``--config`` runs the candidate at every baseline seed, ``--run`` takes one run per baseline seed.
 See :mod:`metabench.harness.check` for the decision rule.
 """
 
@@ -26,17 +28,21 @@ def register(commands) -> None:
             "and decide: regressed (worse by more than --tolerance, one-sided paired t-test significant at --alpha), "
             "improved, or unchanged; with --equivalence, also whether the change lies within +/- MARGIN (TOST). "
             "Differences are in percentage points of accuracy, or percent of the baseline's mean MSE. "
+            "Both sides hold the same seeds: a --config candidate is run at every seed of the baseline, and --run "
+            "takes one completed run per baseline seed; the per-seed averages are paired. "
             "Exit status: 0 unchanged/improved/equivalent, 1 regressed or not equivalent, 2 could not compare. "
-            "Without --run or --config the config recorded in the baseline is run again."
+            "Without --run or --config the config recorded in the baseline is run again, at each of its seeds."
         ),
     )
     check.add_argument("--baseline", required=True, metavar="FILE", help="baseline JSON written by `metabench baseline save`")
     source = check.add_mutually_exclusive_group()
     source.add_argument("--run", dest="runs", action="append", metavar="RUN_ID",
-                        help="a completed candidate run in --store (repeatable: several seeds are averaged per episode)")
-    source.add_argument("--config", metavar="CONFIG.toml|NAME", help="a candidate config to meta-train and evaluate now")
+                        help="a completed candidate run in --store (repeatable: one run per seed of the baseline, exactly "
+                        "the baseline's seeds)")
+    source.add_argument("--config", metavar="CONFIG.toml|NAME",
+                        help="a candidate config to meta-train and evaluate now, once per seed of the baseline")
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a value of the candidate config (repeatable)")
+                       help="override a value of the candidate config (repeatable; not seed: the seeds are the baseline's)")
     check.add_argument("--store", help=f"results store: read --run from it (default: {DEFAULT_STORE}); record the "
                        "--config run in it (default: a temporary store, deleted afterwards)")
     check.add_argument("--tolerance", type=float, default=0.5,
