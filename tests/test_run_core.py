@@ -62,3 +62,18 @@ def test_seeds_out_of_range_are_config_errors_naming_the_key(key, value, capsys)
         load_config("quickstart", [f"{key}={value}"])
     assert main(["run", "quickstart", "--set", f"{key}={value}", "--print-config"]) != 0
     assert f"{key}={value}" in capsys.readouterr().err
+
+
+def test_runs_record_the_version_of_each_plugin_distribution_they_use(monkeypatch):
+    """A component registered by another distribution (an entry point) has its version recorded."""
+    import importlib.metadata
+
+    from metabench.harness.registry import ALGORITHMS, Entry
+    from metabench.harness.runner import library_versions
+
+    maml = ALGORITHMS.get("maml")
+    plugin = Entry("plugin_maml", maml.factory, maml.defaults, maml.choices, "a plugin", source="tabulate")
+    monkeypatch.setitem(ALGORITHMS._load(), "plugin_maml", plugin)
+    config = load_config("quickstart", ["algorithm.name=plugin_maml"])
+    assert library_versions(config)["tabulate"] == importlib.metadata.version("tabulate")
+    assert "tabulate" not in library_versions(load_config("quickstart"))
