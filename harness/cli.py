@@ -36,11 +36,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from metabench.harness.commands import baseline, bench, check, listing, report, run, stats, sweep
+    from metabench.harness.commands import baseline, bench, check, episodes, listing, report, run, stats, sweep
+    from metabench.harness.commands import bundles
 
     parser = argparse.ArgumentParser(prog="metabench", description="Benchmark few-shot meta-learning on fixed, fingerprinted episodes.")
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in (run, report, stats, sweep, check, baseline, bench, listing):
+    for command in (run, report, stats, sweep, check, baseline, bench, episodes, listing, bundles):
         command.register(commands)
     return parser
 

@@ -85,6 +85,9 @@ def test_export_and_import_round_trip(tmp_path, suffix):
     loaded = ep.EvaluationSet.load(original.save(tmp_path / f"episodes{suffix}"))
     assert loaded.fingerprint == original.fingerprint
     np.testing.assert_array_equal(loaded.episodes.support, original.episodes.support)
+    # The pool's size travels with the file, so loading can check every index is in range.
+    assert (loaded.num_classes, loaded.images_per_class) == (original.num_classes, original.images_per_class) == (12, 10)
+    assert loaded.identity() == original.identity()
     regression = ep.regression_evaluation_set(Sinusoid(), ep.EpisodeSpec(None, 5, 10), 8, seed=2)
     assert ep.EvaluationSet.load(regression.save(tmp_path / f"tasks{suffix}")).fingerprint == regression.fingerprint
 
@@ -95,10 +98,12 @@ def test_an_edited_episode_file_is_refused(tmp_path):
     import json
 
     payload = json.loads(path.read_text())
-    payload["arrays"]["classes"]["data"][0][0] = (payload["arrays"]["classes"]["data"][0][0] + 1) % 12
+    classes = payload["arrays"]["classes"]["data"][0]
+    classes[0] = min(set(range(12)) - set(classes))  # still three distinct classes: only the fingerprint tells
     path.write_text(json.dumps(payload))
-    with pytest.raises(ep.EpisodeError, match="edited or damaged"):
+    with pytest.raises(ep.EpisodeFileError, match="rule 'fingerprint'.*edited or damaged") as raised:
         ep.EvaluationSet.load(path)
+    assert raised.value.rule == "fingerprint"
 
 
 def test_ways_above_the_classes_in_the_split():
