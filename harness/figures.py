@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 __all__ = ["cd_diagram", "learning_curves_figure", "save_figure", "steps_figure", "svg_markup", "svg_text"]
 
 _RC = {"svg.hashsalt": "metabench", "font.size": 9.0}
-_MAX_LABEL = 48  # characters of a name shown in a figure; longer names are cut with an ellipsis
+_MAX_LABEL = 56  # characters of a name shown in a figure; longer names lose their middle to an ellipsis
 
 
 def cd_diagram(
@@ -131,7 +131,8 @@ def _cd_diagram_iv(average_ranks, cd) -> tuple[list[str], np.ndarray]:
 
 
 def steps_figure(steps: pd.DataFrame, *, metric: str, title: str | None = None) -> Figure:
-    """The evaluation metric against the number of inner (adaptation) steps, one line per method.
+    """The evaluation metric against the number of inner (adaptation) steps, one line per label
+    (a leaderboard row: one recipe on one episode set).
 
     Args:
         steps: one row per (label, inner step count) with columns ``label`` (the line's name),
@@ -276,5 +277,10 @@ def _metadata(fmt: str) -> dict:
 
 
 def _short(text: str, limit: int = _MAX_LABEL) -> str:
+    """``text`` on one line, at most ``limit`` characters: a longer one keeps its start and its end
+    (a recipe label's algorithm and its distinguishing tail, e.g. a fingerprint tag)."""
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) * 3 // 5
+    return text[:head] + "\u2026" + text[len(text) - (limit - 1 - head) :]

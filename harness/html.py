@@ -1,6 +1,6 @@
 """The leaderboard as one self-contained HTML page: inline CSS, inline SVG figures, no scripts.
 
-Every string that comes from a user (algorithm, dataset and split names, notes, the store path)
+Every string that comes from a user (labels, algorithm, dataset and split names, notes, the store path)
 passes through :func:`html.escape` before it reaches the page; the figures are matplotlib SVG,
 whose writer escapes text too. The page needs no network and no files beside it.
 """
@@ -14,9 +14,13 @@ import pandas as pd
 
 from metabench.harness.report import (
     CI_CONVENTION,
+    PAIR_HEADERS,
+    ROW_TEXT,
     Report,
     across_pair_cells,
     across_summary_lines,
+    compared_at_lines,
+    empty_text,
     format_value,
     pair_cells,
     significance_text,
@@ -72,16 +76,13 @@ def render_html(report: Report, svgs: dict | None = None) -> str:
             f"<p class=\"meta\">Generated {e(report.generated)} from results store <code>{e(report.store_path)}</code>: "
             f"{counts.get('completed', 0)} completed run(s) (excluded: {e(excluded)}).</p>"
         ),
-        (
-            "<p>Each row is one algorithm on one evaluation episode set (fingerprint) at the evaluation's headline "
-            "inner-step count; accuracy in percent, MSE in the task's units. Several runs of a row (e.g. seeds) are "
-            "averaged per episode first; mean and CI are then taken over the episodes.</p>"
-        ),
+        f"<p>{e(ROW_TEXT)}</p>",
         f"<p>{e(significance_text(report.alpha).replace('**', ''))}</p>",
+        *(f'<p class="note">{e(line)}</p>' for line in compared_at_lines(report)),
     ]
     settings = report.settings()
     if report.table.empty:
-        body.append("<p><strong>No completed runs with evaluations in this store yet; nothing to rank.</strong></p>")
+        body.append(f"<p><strong>{e(empty_text(report))}</strong></p>")
         return _page(body)
     body.append("<nav><ul>")
     for n, (_, title, _) in enumerate(settings):
@@ -102,13 +103,13 @@ def render_html(report: Report, svgs: dict | None = None) -> str:
                 '<p class="note">A − B on the shared episodes (accuracy points, or the metric unit for MSE), '
                 "its 95% Student-t CI, Cohen's d_z; two-sided p-values with the Holm-adjusted value in parentheses.</p>"
             )
-            header = ["A", "B", "episodes", "A − B", "95% CI", "d_z", "Wilcoxon p (Holm)", "t p (Holm)", "result"]
+            header = [h if h != "95% CI of A − B" else "95% CI" for h in PAIR_HEADERS]
             body_rows = []
             for pair in pairs.to_dict("records"):
                 cells = pair_cells(pair, report.alpha)
                 css = "untested" if pair["note"].startswith("not paired") else ""
                 body_rows.append((css, cells))
-            body.append(_table(header, body_rows, numeric={2, 3, 4, 5, 6, 7}))
+            body.append(_table(header, body_rows, numeric={3, 4, 5, 6, 7, 8}, nowrap={2}))
             body.append("</details>")
         if ("steps", key) in svgs:
             body.append(f"<figure>{svgs[('steps', key)]}<figcaption>{e(title)}: metric against inner steps at "
@@ -120,7 +121,7 @@ def render_html(report: Report, svgs: dict | None = None) -> str:
     if across is not None:
         counts_per = report.across_values.notna().sum(axis=0)
         rank_rows = [("", [name, f"{rank:.2f}", str(int(counts_per.get(name, 0)))]) for name, rank in across.average_ranks.items()]
-        body.append(_table(["algorithm", "average rank", "settings"], rank_rows, numeric={1, 2}))
+        body.append(_table(["method", "average rank", "settings"], rank_rows, numeric={1, 2}))
         ordered = list(across.average_ranks.index)
         per_setting = [("", [str(s), *(f"{across.ranks.loc[s, a]:g}" for a in ordered)]) for s in across.ranks.index]
         body.append('<p class="note">Ranks per setting (1 = best; ties share the average rank):</p>')
@@ -150,10 +151,10 @@ def render_html(report: Report, svgs: dict | None = None) -> str:
 
 
 def _leaderboard_table(rows: pd.DataFrame) -> str:
-    header = ["rank", "algorithm", "mean", "ci95", "ci95 (t)", "vs best", "inner steps", "episodes", "seeds",
-              "seed std", "runs", "fingerprint", "notes"]  # fmt: skip
+    header = ["rank", "label", "recipe", "mean", "ci95", "ci95 (t)", "vs best", "inner steps", "episodes", "seeds",
+              "seed std", "fingerprint", "notes"]  # fmt: skip
     metric = rows["metric"].iloc[0]
-    header[2] = "mean accuracy (%)" if metric == "accuracy" else f"mean {metric}"
+    header[3] = "mean accuracy (%)" if metric == "accuracy" else f"mean {metric}"
     body = []
     for row in rows.to_dict("records"):
         css = {"best": "best", "not significantly different": "tie", "too few episodes to test": "tie"}.get(row["vs_best"], "")
@@ -162,7 +163,8 @@ def _leaderboard_table(rows: pd.DataFrame) -> str:
                 css,
                 [
                     "-" if not math.isfinite(row["rank"]) else f"{row['rank']:g}",
-                    row["algorithm"],
+                    row["label"],
+                    str(row["recipe_hash"])[:12],
                     format_value(row["mean"], row["metric"]),
                     format_value(row["ci95"], row["metric"]),
                     _optional(row["ci95_t"], row["metric"]),
@@ -171,13 +173,12 @@ def _leaderboard_table(rows: pd.DataFrame) -> str:
                     str(row["episodes"]),
                     str(row["seeds"]),
                     _optional(row["seed_std"], row["metric"]),
-                    str(row["runs"]),
                     str(row["fingerprint"])[:12],
                     row["notes"],
                 ],
             )
         )
-    return _table(header, body, numeric={0, 2, 3, 4, 6, 7, 8, 9, 10}, nowrap={5})
+    return _table(header, body, numeric={0, 3, 4, 5, 7, 8, 9, 10}, nowrap={2, 6})
 
 
 def _optional(value: float, metric: str) -> str:

@@ -1,23 +1,31 @@
 """Leaderboards from the results store: tables, paired comparisons, ranks across settings, figures.
 
-Only completed runs are read. Each leaderboard row summarises one algorithm on one evaluation
-episode set (dataset, split, ways, shots, queries, fingerprint) at the evaluation's headline
-inner-step count, with the few-shot 95% CI ``1.96 * s / sqrt(n)`` over episodes (``s`` with
-ddof 0, see :func:`metabench.harness.stats.mean_ci95`) and the Student-t CI beside it. Several
-runs of one algorithm on the same episodes (e.g. training seeds) are combined by averaging each
-episode's value across the runs first, so the CI is still over episodes; the standard deviation
-of the per-seed means is reported as ``seed_std``.
+Only completed runs are read. Each leaderboard row summarises one *recipe* (the resolved config
+without its training seed and display keys, :func:`metabench.harness.config.recipe_hash`) on one
+evaluation episode set (dataset, split, ways, shots, queries, fingerprint) at the evaluation's
+headline inner-step count, with the few-shot 95% CI ``1.96 * s / sqrt(n)`` over episodes (``s``
+with ddof 0, see :func:`metabench.harness.stats.mean_ci95`) and the Student-t CI beside it. Runs
+pool only within one recipe, as its training seeds: each seed's per-episode values first (repeated
+runs of one seed count once; repeats that differ are reported as a determinism failure), then
+each episode's value averaged across the seeds, so the CI is still over episodes; the standard
+deviation of the per-seed means is reported as ``seed_std``.
 
-Within a setting, algorithms evaluated on the same episode set (same fingerprint) are compared
-pairwise on the per-episode values (:func:`metabench.harness.stats.paired_comparison`): Wilcoxon
+Each row is labelled with its algorithm plus what sets its recipe apart from the other recipes of
+that algorithm in its setting (``maml (first_order=true)``, ``maml (inner_lr=0.1)``), or with the
+config's ``label`` key when it has one; the recipe hash is shown beside the label.
+
+Within a setting, rows evaluated on the same episode set (same fingerprint) are compared pairwise
+on the per-episode values (:func:`metabench.harness.stats.paired_comparison`): Wilcoxon
 signed-rank and paired t p-values, Holm-corrected over all pairs of the setting. The ``vs_best``
-column marks the algorithms that are not significantly different from the best one. Results on
-different episode sets are never paired; the comparison table says so.
+column marks the rows that are not significantly different from the best one. Results on
+different episode sets are never paired; the comparison table says so. A pair evaluated at
+different headline inner-step counts says so in its own row; ``steps=N`` (``metabench report
+--steps N``) compares every recipe at inner step ``N`` instead.
 
-Across settings, the largest complete table of algorithms x episode sets is ranked (Demšar 2006):
-average ranks, Friedman and Iman-Davenport tests, the Nemenyi critical difference with its
-diagram, and pairwise Wilcoxon tests with Holm's correction
-(:func:`metabench.harness.stats.compare_across_settings`).
+Across settings, the largest complete table of methods (leaderboard labels) x episode sets is
+ranked (Demšar 2006): average ranks, Friedman and Iman-Davenport tests (or why they were not
+computed), the Nemenyi critical difference with its diagram, and pairwise Wilcoxon tests with
+Holm's correction (:func:`metabench.harness.stats.compare_across_settings`).
 
 :func:`write_report` writes ``leaderboard.md``, ``.csv``, ``.tex`` and ``.html`` (self-contained,
 figures inline), ``comparisons.csv``, ``across_settings.json`` and ``figures/*.svg|png``;
@@ -35,12 +43,14 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy import stats as _scipy_stats
 from tabulate import tabulate
 
+from metabench.harness.config import HASH_NEUTRAL, recipe_view
 from metabench.harness.stats import (
     AcrossSettings,
     StatsInputError,
@@ -59,20 +69,27 @@ DEFAULT_ALPHA = 0.05
 """Family-wise significance level of the paired tests and of the Nemenyi critical difference."""
 
 LEADERBOARD_COLUMNS = (
-    "dataset", "split", "ways", "shots", "queries", "algorithm", "metric", "rank", "mean", "ci95",
-    "ci95_t", "mean_percent", "ci95_percent", "inner_steps", "episodes", "seeds", "runs", "seed_std",
+    "dataset", "split", "ways", "shots", "queries", "label", "algorithm", "recipe_hash", "metric", "rank",
+    "mean", "ci95", "ci95_t", "mean_percent", "ci95_percent", "inner_steps", "episodes", "seeds", "seed_std",
     "vs_best", "p_vs_best_holm", "fingerprint", "notes",
 )  # fmt: skip
 """Columns of :func:`leaderboard_table` and of ``leaderboard.csv``.
 
-``mean``/``ci95`` are in the metric's own unit (accuracy as a fraction in [0, 1]); ``ci95_t`` is
-the Student-t half width (ddof 1; NaN for one episode); ``mean_percent``/``ci95_percent`` repeat
-mean and ci95 in percent for accuracy and are empty for MSE; ``ways`` is empty for regression;
-``rank`` is the position within the setting (1 = best, ties averaged; empty when the mean is not
-finite); ``episodes`` is the number of episodes per run; ``seeds`` the number of distinct training
-seeds, ``runs`` the number of completed runs in the row and ``seed_std`` the standard deviation
-(ddof 1) of the per-seed means (empty for one seed). ``vs_best`` is one of :data:`VS_BEST` and
-``p_vs_best_holm`` the Holm-adjusted Wilcoxon p-value of the comparison with the setting's best row.
+``label`` names the row: the algorithm plus the recipe keys that set it apart from the other
+recipes of that algorithm in the setting (``maml (first_order=true)``), or the config's ``label``;
+unique within a setting. ``algorithm`` is the registered name (``" (top-k ensemble)"`` appended
+for a checkpoint ensemble) and ``recipe_hash`` the full recipe hash (the markdown, HTML and LaTeX
+show its first 12 characters). ``mean``/``ci95`` are in the metric's own unit (accuracy as a
+fraction in [0, 1]); ``ci95_t`` is the Student-t half width (ddof 1; NaN for one episode);
+``mean_percent``/``ci95_percent`` repeat mean and ci95 in percent for accuracy and are empty for
+MSE; ``ways`` is empty for regression; ``rank`` is the position within the setting (1 = best, ties
+averaged; empty when the mean is not finite); ``inner_steps`` the headline inner-step count the
+row reports; ``episodes`` the number of episodes; ``seeds`` the number of distinct training seeds
+pooled (repeated runs of a seed count once) and ``seed_std`` the standard deviation (ddof 1) of the
+per-seed means (empty for one seed). ``vs_best`` is one of :data:`VS_BEST` and ``p_vs_best_holm``
+the Holm-adjusted Wilcoxon p-value of the comparison with the setting's best row. ``notes`` holds
+the evaluation notes and what the reader must know: determinism failures, episodes not shared by
+every seed, a comparison with the best at different inner steps.
 """
 
 VS_BEST = {
@@ -86,15 +103,18 @@ VS_BEST = {
 """The values of the ``vs_best`` column and what each means."""
 
 PAIRWISE_COLUMNS = (
-    "dataset", "split", "ways", "shots", "queries", "metric", "a", "b", "fingerprint_a", "fingerprint_b",
-    "episodes", "mean_difference", "diff_low", "diff_high", "effect_size_dz", "wilcoxon_p",
-    "wilcoxon_p_holm", "t_p", "t_p_holm", "significant", "note",
+    "dataset", "split", "ways", "shots", "queries", "metric", "a", "b", "recipe_a", "recipe_b",
+    "fingerprint_a", "fingerprint_b", "inner_steps_a", "inner_steps_b", "episodes", "mean_difference",
+    "diff_low", "diff_high", "effect_size_dz", "wilcoxon_p", "wilcoxon_p_holm", "t_p", "t_p_holm",
+    "significant", "note",
 )  # fmt: skip
 """Columns of :func:`pairwise_table` and ``comparisons.csv``: one row per pair of leaderboard rows in a
-setting, ``a`` ranked above ``b``; ``mean_difference = mean(a - b)`` over the shared episodes in the
-metric's unit, ``[diff_low, diff_high]`` its 95% Student-t CI, ``effect_size_dz`` Cohen's d_z;
-p-values are two-sided, Holm-adjusted over the setting's tested pairs; ``note`` says why a pair
-was not tested (different episode sets, non-finite values) or what was special about it."""
+setting, ``a`` ranked above ``b`` (their labels, recipe hashes, fingerprints and headline inner
+steps); ``mean_difference = mean(a - b)`` over the shared episodes in the metric's unit,
+``[diff_low, diff_high]`` its 95% Student-t CI, ``effect_size_dz`` Cohen's d_z; p-values are
+two-sided, Holm-adjusted over the setting's tested pairs; ``note`` says why a pair was not tested
+(different episode sets, non-finite values) or what was special about it, starting with
+``steps A vs B`` when the two rows were evaluated at different inner-step counts."""
 
 CI_CONVENTION = (
     "ci95 = 1.96 · s / √n over the n evaluation episodes, s = standard deviation with ddof=0 "
@@ -102,8 +122,12 @@ CI_CONVENTION = (
     "episode-sampling noise only, not training-seed variance."
 )
 
-_GROUP = ["dataset", "split", "ways", "shots", "queries", "fingerprint", "algorithm", "metric", "headline_steps"]
+_GROUP = [
+    "dataset", "split", "ways", "shots", "queries", "fingerprint", "recipe_hash", "algorithm", "metric", "headline_steps",
+]  # fmt: skip
 _SETTING = ["dataset", "split", "ways", "shots", "queries"]
+LABEL_KEYS = 3
+"""Recipe keys a label shows at most; more differing keys are summarised as ``+N``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,12 +141,15 @@ class Report:
         alpha: significance level used.
         table: leaderboard rows, columns :data:`LEADERBOARD_COLUMNS`, settings in order, best first.
         pairs: within-setting comparisons, columns :data:`PAIRWISE_COLUMNS`.
-        steps: metric vs inner steps: setting columns plus ``fingerprint, label, metric,
-            inner_steps, mean, ci95``.
-        curves: meta-training curves (:meth:`ResultsStore.training_curves`) plus a ``label``.
+        steps: metric vs inner steps (:func:`steps_table`).
+        curves: meta-training curves (:meth:`ResultsStore.training_curves`) with ``label``
+            replaced by the run's leaderboard label (one colour per recipe).
         across: the across-settings analysis, or ``None`` when there is too little to rank.
-        across_values: the table it ranked (rows: episode sets, columns: algorithms), or empty.
-        across_note: which settings and algorithms were used or left out, or why nothing was ranked.
+        across_values: the table it ranked (rows: episode sets, columns: methods), or empty.
+        across_note: which settings and methods were used or left out, or why nothing was ranked.
+        compared_at: the inner-step count every row reports (``steps=N``), or ``None``: each
+            evaluation's headline count.
+        left_out: with ``compared_at``, one line per recipe left out for not recording that count.
     """
 
     store_path: str
@@ -136,6 +163,8 @@ class Report:
     across: AcrossSettings | None
     across_values: pd.DataFrame
     across_note: str
+    compared_at: int | None = None
+    left_out: tuple = ()
 
     def settings(self) -> list[tuple[tuple, str, pd.DataFrame]]:
         """``(setting key, title, leaderboard rows)`` for each setting, in order."""
@@ -149,6 +178,7 @@ def write_report(
     alpha: float = DEFAULT_ALPHA,
     reproduction: bool = False,
     published=None,
+    steps: int | None = None,
 ) -> list[Path]:
     """Write the full report to ``out_dir``; returns the paths written.
 
@@ -167,6 +197,8 @@ def write_report(
         published: published results for the reproduction table: a
             :class:`metabench.harness.reproduction.Published`, the path of a TOML file in the same
             format, or ``None`` for the shipped copy.
+        steps: compare every recipe at this inner-step count instead of its headline one
+            (recipes that did not record it are left out, see :func:`build_report`).
 
     Figures and ``across_settings.json`` left in ``out_dir`` by an earlier report are removed
     first, so a figure never outlives the results it showed.
@@ -176,7 +208,7 @@ def write_report(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = build_report(store, alpha=alpha)
+    report = build_report(store, alpha=alpha, steps=steps)
     _remove_stale_outputs(out_dir)
     written: list[Path] = []
     figure_paths: dict = {}
@@ -237,7 +269,9 @@ def _remove_stale_outputs(out_dir: Path) -> None:
             path.unlink()
 
 
-def write_leaderboard(store: ResultsStore, out_dir: str | os.PathLike, *, alpha: float = DEFAULT_ALPHA) -> list[Path]:
+def write_leaderboard(
+    store: ResultsStore, out_dir: str | os.PathLike, *, alpha: float = DEFAULT_ALPHA, steps: int | None = None
+) -> list[Path]:
     """Write ``out_dir/leaderboard.md`` and ``out_dir/leaderboard.csv`` from a store's completed runs.
 
     The markdown has a header naming the store and the time, then one section per setting
@@ -253,13 +287,14 @@ def write_leaderboard(store: ResultsStore, out_dir: str | os.PathLike, *, alpha:
         store: the results store to read; failed, interrupted and running runs are ignored.
         out_dir: folder to write to; created if missing.
         alpha: significance level of the paired tests.
+        steps: compare every recipe at this inner-step count (see :func:`build_report`).
 
     Returns:
         ``[markdown_path, csv_path]``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = build_report(store, alpha=alpha)
+    report = build_report(store, alpha=alpha, steps=steps)
     md_path = out_dir / "leaderboard.md"
     csv_path = out_dir / "leaderboard.csv"
     md_path.write_text(render_markdown(report), encoding="utf-8")
@@ -283,14 +318,25 @@ def label_ensembles(episodes: pd.DataFrame) -> pd.DataFrame:
     return episodes
 
 
-def build_report(store: ResultsStore, *, alpha: float = DEFAULT_ALPHA) -> Report:
-    """Read a store's completed runs and compute every table of the report."""
-    if not (isinstance(alpha, float) and 0.0 < alpha < 1.0):
-        raise ValueError(f"Received alpha={alpha!r}; expected a significance level strictly between 0 and 1, e.g. 0.05.")
+def build_report(store: ResultsStore, *, alpha: float = DEFAULT_ALPHA, steps: int | None = None) -> Report:
+    """Read a store's completed runs and compute every table of the report.
+
+    Args:
+        store: the results store; only completed runs are read.
+        alpha: significance level of the paired tests and the Nemenyi critical difference.
+        steps: ``None``: each row reports its evaluation's headline inner-step count. An integer
+            ``N``: every row reports inner step ``N``, so rows compare at equal steps; evaluations
+            that did not record ``N`` are left out (a warning and ``Report.left_out`` name them).
+    """
+    _build_report_iv(alpha, steps)
     episodes = label_ensembles(store.episode_metrics(completed_only=True))
-    table, pairs = _analyse(episodes, alpha)
-    across, values, note = across_settings(table, alpha=alpha)
+    left_out: list[str] = []
+    if steps is not None:
+        episodes, left_out = at_inner_steps(episodes, steps)
     runs = store.runs()
+    recipes = recipe_views(runs)
+    table, pairs, labels = _analyse(episodes, alpha, recipes)
+    across, values, note = across_settings(table, alpha=alpha)
     counts = runs["status"].value_counts() if len(runs) else pd.Series(dtype=int)
     return Report(
         store_path=str(store.path),
@@ -299,15 +345,66 @@ def build_report(store: ResultsStore, *, alpha: float = DEFAULT_ALPHA) -> Report
         alpha=alpha,
         table=table,
         pairs=pairs,
-        steps=steps_table(episodes),
-        curves=_labelled_curves(store.training_curves(completed_only=True)),
+        steps=_steps_table(episodes, labels),
+        curves=_labelled_curves(store.training_curves(completed_only=True), table),
         across=across,
         across_values=values,
         across_note=note,
+        compared_at=steps,
+        left_out=tuple(left_out),
     )
 
 
-def leaderboard_table(episodes: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA) -> pd.DataFrame:
+def _build_report_iv(alpha, steps) -> None:
+    """Validate :func:`build_report`'s options."""
+    if not (isinstance(alpha, float) and 0.0 < alpha < 1.0):
+        raise ValueError(f"Received alpha={alpha!r}; expected a significance level strictly between 0 and 1, e.g. 0.05.")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise ValueError(f"Received steps={steps!r}; expected None or an inner-step count >= 0, e.g. 5.")
+
+
+def recipe_views(runs: pd.DataFrame) -> dict[str, dict]:
+    """Recipe hash -> :func:`metabench.harness.config.recipe_view` of a run's config, from
+    :meth:`ResultsStore.runs`; the labels are computed from these views."""
+    views: dict[str, dict] = {}
+    if not len(runs) or "recipe_hash" not in runs.columns:
+        return views
+    for recipe, config in zip(runs["recipe_hash"], runs["config"]):
+        if recipe not in views and isinstance(config, dict):
+            views[recipe] = recipe_view(config)
+    return views
+
+
+def at_inner_steps(episodes: pd.DataFrame, steps: int) -> tuple[pd.DataFrame, list[str]]:
+    """The evaluations that recorded inner step ``steps``, with it as their headline count.
+
+    Returns:
+        ``(episodes, left_out)``: the frame cut to those evaluations, ``headline_steps`` set to
+        ``steps``; and one line per (setting, recipe, algorithm) left out, naming the inner-step
+        counts it did record. Each left-out line is also logged as a warning.
+    """
+    if not len(episodes):
+        return episodes, []
+    recorded = episodes.loc[episodes["inner_steps"] == steps, "eval_id"].unique()
+    has = episodes["eval_id"].isin(recorded).to_numpy()
+    left_out = []
+    missing = episodes[~has]
+    keys = [*_SETTING, "recipe_hash", "algorithm"] if "recipe_hash" in episodes.columns else [*_SETTING, "algorithm"]
+    for key, group in missing.groupby(keys, dropna=False, sort=False):
+        key = dict(zip(keys, key))
+        recipe = str(key.get("recipe_hash", ""))[:12]
+        line = (
+            f"{key['algorithm']} (recipe {recipe or '?'}) on {setting_title(*(key[k] for k in _SETTING))}: "
+            f"recorded inner steps {sorted(int(x) for x in group['inner_steps'].unique())}, not {steps}"
+        )
+        left_out.append(line)
+        logger.warning("Left out of the comparison at inner step %d: %s.", steps, line)
+    cut = episodes[has].copy()
+    cut["headline_steps"] = np.int64(steps)
+    return cut, left_out
+
+
+def leaderboard_table(episodes: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA, recipes: dict | None = None) -> pd.DataFrame:
     """Summarise per-episode metrics into leaderboard rows, sorted by setting then best first.
 
     Args:
@@ -315,40 +412,53 @@ def leaderboard_table(episodes: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA) -
             evaluation, inner-step count and episode). Only rows at each evaluation's headline
             inner-step count are used; pass completed runs only.
         alpha: significance level of the comparisons behind ``vs_best``.
+        recipes: recipe hash -> recipe view (:func:`recipe_views`), for the labels; without it
+            rows of one algorithm are told apart by their recipe hash.
 
     Returns:
-        One row per (dataset, split, ways, shots, queries, fingerprint, algorithm, metric,
+        One row per (dataset, split, ways, shots, queries, fingerprint, recipe, algorithm, metric,
         headline steps), columns :data:`LEADERBOARD_COLUMNS`.
     """
-    return _analyse(episodes, alpha)[0]
+    return _analyse(episodes, alpha, recipes or {})[0]
 
 
-def pairwise_table(episodes: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA) -> pd.DataFrame:
+def pairwise_table(episodes: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA, recipes: dict | None = None) -> pd.DataFrame:
     """Every pair of leaderboard rows within each setting, compared on their shared episodes.
 
     Pairs on the same episode set (fingerprint) get the mean paired difference with its 95% CI,
     Cohen's d_z, and Wilcoxon signed-rank (zero differences split) and paired t p-values,
     Holm-adjusted over the tested pairs of the setting. Pairs on different episode sets, or with
-    non-finite values, are listed untested with the reason in ``note``.
+    non-finite values, are listed untested with the reason in ``note``; pairs at different
+    headline inner-step counts say so at the start of ``note``.
 
     Returns:
         Columns :data:`PAIRWISE_COLUMNS`, settings in leaderboard order.
     """
-    return _analyse(episodes, alpha)[1]
+    return _analyse(episodes, alpha, recipes or {})[1]
 
 
-def steps_table(episodes: pd.DataFrame) -> pd.DataFrame:
+def steps_table(episodes: pd.DataFrame, *, recipes: dict | None = None) -> pd.DataFrame:
     """Mean and few-shot 95% CI at every evaluated inner-step count, per leaderboard row.
 
     Returns:
-        One row per (setting, fingerprint, algorithm, metric, headline steps, inner steps) with
-        columns ``dataset, split, ways, shots, queries, fingerprint, algorithm, label, metric,
-        inner_steps, mean, ci95``; ``label`` is the algorithm, tagged with the fingerprint when
-        the setting has several episode sets. Non-finite episodes give NaN.
+        One row per (setting, fingerprint, recipe, algorithm, metric, headline steps, inner
+        steps) with columns ``dataset, split, ways, shots, queries, fingerprint, recipe_hash,
+        algorithm, label, metric, inner_steps, mean, ci95``; ``label`` is the row's leaderboard
+        label, tagged with the fingerprint when the setting has several episode sets. Seeds are
+        pooled as in the leaderboard. Non-finite episodes give NaN.
     """
-    columns = [*_SETTING, "fingerprint", "algorithm", "label", "metric", "inner_steps", "mean", "ci95"]
+    return _steps_table(episodes, _analyse(episodes, DEFAULT_ALPHA, recipes or {}, pairs=False)[2])
+
+
+_STEPS_COLUMNS = [*_SETTING, "fingerprint", "recipe_hash", "algorithm", "label", "metric", "inner_steps", "mean", "ci95"]
+
+
+def _steps_table(episodes: pd.DataFrame, labels: dict) -> pd.DataFrame:
+    """:func:`steps_table` with the labels (group key -> pair label) already computed."""
+    episodes = _with_recipe(episodes)
     rows = []
-    for key, group in _groups(episodes, _GROUP, ["inner_steps", "eval_id", "episode", "value"]):
+    for key, group in _groups(episodes, _GROUP, ["inner_steps", "seed", "eval_id", "episode", "value"]):
+        label = labels.get(_key_id(key))
         key = dict(zip(_GROUP, key))
         for steps, at_steps in group.groupby("inner_steps", sort=True):
             vector, _ = episode_values(at_steps, key, warn=False)
@@ -358,36 +468,28 @@ def steps_table(episodes: pd.DataFrame) -> pd.DataFrame:
                 {
                     **{name: _plain(key[name]) for name in _SETTING},
                     "fingerprint": key["fingerprint"],
+                    "recipe_hash": key["recipe_hash"],
                     "algorithm": key["algorithm"],
-                    "label": key["algorithm"],
+                    "label": label or key["algorithm"],
                     "metric": key["metric"],
                     "inner_steps": int(steps),
                     "mean": ci.mean if ci else math.nan,
                     "ci95": ci.half_width if ci else math.nan,
-                    "_headline": int(key["headline_steps"]),
                 }
             )
-    frame = pd.DataFrame(rows, columns=[*columns, "_headline"])
-    for index in frame.groupby(_SETTING, dropna=False, sort=False).groups.values():
-        part = frame.loc[index]
-        several_sets = part["fingerprint"].nunique() > 1
-        several_heads = part.groupby(["fingerprint", "algorithm"])["_headline"].nunique().max() > 1
-        if several_sets or several_heads:
-            frame.loc[index, "label"] = [
-                _label(a, f if several_sets else None, h if several_heads else None)
-                for a, f, h in zip(part["algorithm"], part["fingerprint"], part["_headline"])
-            ]
-    return frame[columns]
+    return pd.DataFrame(rows, columns=_STEPS_COLUMNS)
 
 
 def across_settings(table: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA) -> tuple[AcrossSettings | None, pd.DataFrame, str]:
-    """Rank the algorithms across settings on the largest complete table the leaderboard allows.
+    """Rank the methods across settings on the largest complete table the leaderboard allows.
 
-    Rows are episode sets (setting + fingerprint) with at least two algorithms with finite
-    means; columns are algorithms; cells are the leaderboard means (MSE rows ranked lower-is-
-    better). Demšar's tests need every algorithm on every row, so algorithms are dropped one at
-    a time (the one missing from most rows first) and the table with the most cells that has at
-    least 2 rows and 2 algorithms is kept. What was left out is said in the note.
+    Rows are episode sets (setting + fingerprint) with at least two methods with finite means;
+    columns are methods, i.e. leaderboard labels (a label names the same algorithm and the same
+    distinguishing recipe keys in every setting); cells are the leaderboard means (MSE rows ranked
+    lower-is-better). Demšar's tests need every method on every row, so methods are dropped one
+    at a time (the one missing from most rows first) and the table with the most cells that has at
+    least 2 rows and 2 methods is kept. What was left out is said in the note. With too few rows
+    the Friedman and Iman-Davenport tests are not computed and the analysis says why.
 
     Returns:
         ``(analysis or None, the table ranked, a note for the reader)``.
@@ -396,36 +498,47 @@ def across_settings(table: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA) -> tup
     if finite.empty:
         return None, pd.DataFrame(), "No finite results yet; nothing to rank across settings."
     keys = [*_SETTING, "fingerprint", "metric"]
-    finite = finite.assign(_row=[_set_label(r) for r in finite.to_dict("records")])
+    finite = finite.assign(
+        _row=[_set_label(r) for r in finite.to_dict("records")],
+        _method=[_method_label(label, fingerprint) for label, fingerprint in zip(finite["label"], finite["fingerprint"])],
+    )
     several = finite.groupby(_SETTING, dropna=False)["fingerprint"].transform("nunique") > 1
     finite.loc[several, "_row"] = finite.loc[several, "_row"] + " [" + finite.loc[several, "fingerprint"].str[:8] + "]"
-    finite = finite.drop_duplicates(subset=[*keys, "algorithm"], keep="first")  # best headline-steps variant
-    values = finite.pivot_table(index="_row", columns="algorithm", values="mean", aggfunc="first", sort=False)
+    finite = finite.drop_duplicates(subset=[*keys, "_method"], keep="first")
+    values = finite.pivot_table(index="_row", columns="_method", values="mean", aggfunc="first", sort=False)
+    values.columns.name = None
     lower = finite.drop_duplicates("_row").set_index("_row")["metric"].eq("mse")
-    rows, algorithms = _largest_complete_block(values.notna())
+    rows, methods = _largest_complete_block(values.notna())
     requirement = (
         "Ranking across settings needs at least 2 settings (episode sets) on which the same 2 or more "
-        "algorithms have finite results"
+        "methods have finite results"
     )
     if not rows:
         found = ", ".join(f"{r}: {', '.join(values.columns[values.loc[r].notna()])}" for r in values.index)
         return None, pd.DataFrame(), f"{requirement}; found {len(values)} setting(s) ({found})."
-    block = values.loc[rows, algorithms]
+    block = values.loc[rows, methods]
     try:
         analysis = compare_across_settings(block, lower_is_better=lower.loc[rows], alpha=alpha)
     except StatsInputError as err:  # defensive: the block is complete by construction
         return None, pd.DataFrame(), f"{requirement}; {err}"
-    left_algorithms = [a for a in values.columns if a not in algorithms]
+    left_methods = [a for a in values.columns if a not in methods]
     left_rows = [r for r in values.index if r not in rows]
     note = (
-        f"Ranks over {len(rows)} setting(s) x {len(algorithms)} algorithm(s): the largest table in "
-        "which every algorithm has a finite result on every setting."
+        f"Ranks over {len(rows)} setting(s) x {len(methods)} method(s): the largest table in which every "
+        "method has a finite result on every setting. A method is a leaderboard label; rows with the "
+        "same label in different settings count as one method."
     )
-    if left_algorithms:
-        note += " Algorithms left out (missing on some of these settings): " + ", ".join(left_algorithms) + "."
+    if left_methods:
+        note += " Methods left out (missing on some of these settings): " + ", ".join(left_methods) + "."
     if left_rows:
-        note += " Settings left out (not every kept algorithm ran there): " + "; ".join(left_rows) + "."
+        note += " Settings left out (not every kept method ran there): " + "; ".join(left_rows) + "."
     return analysis, block, note
+
+
+def _method_label(label: str, fingerprint: str) -> str:
+    """A row's label without the episode-set tag a label gets when one recipe ran on two sets."""
+    tag = f" [{str(fingerprint)[:8]}]"
+    return label[: -len(tag)] if label.endswith(tag) else label
 
 
 def setting_title(dataset, split, ways, shots, queries) -> str:
@@ -437,34 +550,52 @@ def setting_title(dataset, split, ways, shots, queries) -> str:
 # ----------------------------------------------------------------------------------- analysis
 
 
-def _analyse(episodes: pd.DataFrame, alpha: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Leaderboard rows (with ranks and vs-best marks) and the within-setting pairs."""
+def _analyse(episodes: pd.DataFrame, alpha: float, recipes: dict, *, pairs: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Leaderboard rows (labelled, ranked, with vs-best marks), the within-setting pairs, and each
+    row's pair label by group key (for the steps table). ``pairs=False`` skips the tests."""
+    episodes = _with_recipe(episodes)
     heads = (episodes["inner_steps"] == episodes["headline_steps"]).to_numpy(dtype=bool)
+    columns = ["run_id", "seed", "eval_id", "episode", "value", "notes"]
+    if "label" in episodes.columns:
+        columns.append("label")
     entries = []
-    for key, group in _groups(episodes, _GROUP, ["run_id", "seed", "eval_id", "episode", "value", "notes"], rows=heads):
-        key = dict(zip(_GROUP, key))
-        entries.append(_summarize(key, group))
+    for key, group in _groups(episodes, _GROUP, columns, rows=heads):
+        row, vector = _summarize(dict(zip(_GROUP, key)), group)
+        row["_key"] = _key_id(key)
+        entries.append((row, vector))
     entries.sort(key=lambda entry: _row_order(entry[0]))
     rows = [row for row, _ in entries]
     vectors = [vector for _, vector in entries]
-    pairs: list[dict] = []
+    found: list[dict] = []
     start = 0
     while start < len(rows):
         end = start
         while end < len(rows) and _setting_key(rows[end]) == _setting_key(rows[start]):
             end += 1
         index = list(range(start, end))
-        _label_rows(rows, index)
+        assign_labels([rows[i] for i in index], recipes)
         _rank_rows(rows, index)
-        setting_pairs = _setting_pairs(rows, vectors, index, alpha)
-        _mark_vs_best(rows, index, setting_pairs)
-        pairs.extend(setting_pairs)
+        if pairs:
+            setting_pairs = _setting_pairs(rows, vectors, index, alpha)
+            _mark_vs_best(rows, index, setting_pairs)
+            found.extend(setting_pairs)
         start = end
+    labels = {row["_key"]: row["_pair_label"] for row in rows}
     table = pd.DataFrame(rows, columns=list(LEADERBOARD_COLUMNS))
     table["ways"] = table["ways"].astype("Int64")
-    pair_frame = pd.DataFrame(pairs, columns=list(PAIRWISE_COLUMNS))
+    pair_frame = pd.DataFrame(found, columns=list(PAIRWISE_COLUMNS))
     pair_frame["ways"] = pair_frame["ways"].astype("Int64")
-    return table, pair_frame
+    return table, pair_frame, labels
+
+
+def _with_recipe(episodes: pd.DataFrame) -> pd.DataFrame:
+    """A frame without a ``recipe_hash`` column (built by hand) gets an empty one: one recipe."""
+    return episodes if "recipe_hash" in episodes.columns else episodes.assign(recipe_hash="")
+
+
+def _key_id(key: tuple) -> tuple:
+    """A group key as plain Python values (``<NA>`` as ``None``), usable as a dictionary key."""
+    return tuple(_plain(value) for value in key)
 
 
 def _groups(frame: pd.DataFrame, keys: list[str], columns: list[str], rows: np.ndarray | None = None):
@@ -505,40 +636,108 @@ def _groups(frame: pd.DataFrame, keys: list[str], columns: list[str], rows: np.n
         yield keys_of[g], cut.iloc[order[bounds[g] : bounds[g + 1]]]
 
 
-def episode_values(group: pd.DataFrame, key: dict, *, warn: bool = True) -> tuple[pd.Series, list[str]]:
-    """Per-episode values of one algorithm on one episode set, averaged over its runs.
+class SeedValues(NamedTuple):
+    """Per-episode values of one recipe on one episode set, one column per training seed.
+
+    Attributes:
+        episodes: the episode numbers every seed covers, ascending.
+        seeds: the distinct training seeds, ascending.
+        values: float array ``[episodes, seeds]``; a seed run more than once contributes one
+            column (its repeats averaged when they differ); NaN where a NaN was recorded.
+        notes: what the reader must know: determinism failures, episodes not shared by every seed.
+    """
+
+    episodes: pd.Index
+    seeds: list
+    values: np.ndarray
+    notes: list
+
+
+def seed_values(group: pd.DataFrame, key: dict, *, warn: bool = True) -> SeedValues:
+    """Per-seed per-episode values of one row from its runs (evaluations).
+
+    Runs of one seed count once: identical repeats (same episodes, bit-identical values, NaN
+    equal to NaN) are deduplicated; repeats that differ are averaged and reported as a
+    determinism failure (a note, and a warning when ``warn``). Only the episodes every seed
+    covers are kept (a note says so when some are dropped).
 
     Args:
-        group: rows of :meth:`ResultsStore.episode_metrics` for one (episode set, algorithm,
-            metric, inner-step count), possibly from several runs (evaluations).
-        key: names the group in the warning: ``algorithm``, ``dataset``, ``fingerprint``.
-        warn: log a warning when the runs cover different episodes.
-
-    Returns:
-        ``(values, notes)``: a float Series indexed by episode number, restricted to the episodes
-        every run covers (NaN where any run recorded NaN), and notes for the reader.
+        group: rows of :meth:`ResultsStore.episode_metrics` for one (episode set, recipe,
+            algorithm, metric, inner-step count): columns ``seed, eval_id, episode, value``.
+        key: names the row in warnings: ``algorithm``, ``dataset``, ``fingerprint``.
+        warn: log warnings (the leaderboard does; the steps table does not repeat them).
     """
     notes = []
-    matrix = group.pivot(index="episode", columns="eval_id", values="value")  # [episodes, evaluations]
-    covered = group.groupby("episode")["eval_id"].nunique()
-    complete = covered.index[covered == matrix.shape[1]]
-    if len(complete) < len(matrix):
+    episode_codes, episodes = pd.factorize(group["episode"].to_numpy(), sort=True)
+    eval_codes, evaluations = pd.factorize(group["eval_id"].to_numpy())
+    values = np.full((len(episodes), len(evaluations)), np.nan)
+    present = np.zeros((len(episodes), len(evaluations)), dtype=bool)
+    values[episode_codes, eval_codes] = group["value"].to_numpy(dtype=np.float64)
+    present[episode_codes, eval_codes] = True
+    _, first = np.unique(eval_codes, return_index=True)
+    seeds, seed_codes = np.unique(group["seed"].to_numpy()[first], return_inverse=True)
+    if len(seeds) == len(evaluations):  # no seed ran twice: one column per seed
+        order = np.argsort(seed_codes)
+        per_seed, covered = values[:, order], present[:, order]
+    else:
+        per_seed = np.full((len(episodes), len(seeds)), np.nan)
+        covered = np.zeros((len(episodes), len(seeds)), dtype=bool)
+        for s in range(len(seeds)):
+            columns = np.flatnonzero(seed_codes == s)
+            block, mask = values[:, columns], present[:, columns]
+            identical = bool((mask == mask[:, :1]).all()) and np.array_equal(
+                block, np.broadcast_to(block[:, :1], block.shape), equal_nan=True
+            )
+            if identical:
+                per_seed[:, s], covered[:, s] = block[:, 0], mask[:, 0]
+                continue
+            shared = mask.all(axis=1)
+            per_seed[shared, s] = block[shared].mean(axis=1)
+            covered[:, s] = shared
+            text = f"determinism failure: seed {_plain(seeds[s])} ran {len(columns)}x with different results"
+            notes.append(text)
+            if warn:
+                logger.warning(
+                    "Determinism failure: %s on %s (fingerprint %s), seed %s ran %d times with different "
+                    "per-episode values; its repeats are averaged and count as one seed.",
+                    key["algorithm"], key["dataset"], str(key["fingerprint"])[:12], _plain(seeds[s]), len(columns),
+                )  # fmt: skip
+    complete = covered.all(axis=1)
+    if not complete.all():
         if warn:
             logger.warning(
                 "Runs of %s on %s (fingerprint %s) cover different episodes; using the %d of %d "
                 "episodes that all of them have.",
-                key["algorithm"], key["dataset"], key["fingerprint"], len(complete), len(matrix),
+                key["algorithm"], key["dataset"], key["fingerprint"], int(complete.sum()), len(complete),
             )  # fmt: skip
-        notes.append(f"runs cover different episodes; {len(complete)} shared of {len(matrix)}")
-        matrix = matrix.loc[complete]
-    vector = pd.Series(matrix.to_numpy(dtype=np.float64).mean(axis=1), index=matrix.index)  # NaN in any run stays NaN
-    return vector, notes
+        notes.append(f"runs cover different episodes; {int(complete.sum())} shared of {len(complete)}")
+    return SeedValues(pd.Index(episodes[complete]), [_plain(x) for x in seeds], per_seed[complete], notes)
+
+
+def episode_values(group: pd.DataFrame, key: dict, *, warn: bool = True) -> tuple[pd.Series, list[str]]:
+    """Per-episode values of one recipe on one episode set: per seed first, then across seeds.
+
+    Args:
+        group: rows of :meth:`ResultsStore.episode_metrics` for one (episode set, recipe,
+            algorithm, metric, inner-step count), possibly from several runs (evaluations).
+        key: names the row in warnings: ``algorithm``, ``dataset``, ``fingerprint``.
+        warn: log warnings (see :func:`seed_values`).
+
+    Returns:
+        ``(values, notes)``: a float Series indexed by episode number, the mean over the seeds of
+        each seed's value (repeats of a seed counted once), restricted to the episodes every seed
+        covers (NaN where any seed recorded NaN), and notes for the reader.
+    """
+    pooled = seed_values(group, key, warn=warn)
+    return pd.Series(pooled.values.mean(axis=1), index=pooled.episodes), pooled.notes
 
 
 def _summarize(key: dict, group: pd.DataFrame) -> tuple[dict, pd.Series]:
     """One leaderboard row and its per-episode vector from the headline-step rows of one group."""
-    vector, notes = episode_values(group, key)
-    values = vector.to_numpy()
+    pooled = seed_values(group, key)
+    notes = list(pooled.notes)
+    values = pooled.values.mean(axis=1)
+    vector = pd.Series(values, index=pooled.episodes)
     bad = int((~np.isfinite(values)).sum())
     mean = half_width = half_t = seed_std = math.nan
     if values.size and not bad:
@@ -546,13 +745,19 @@ def _summarize(key: dict, group: pd.DataFrame) -> tuple[dict, pd.Series]:
         mean, half_width = ci.mean, ci.half_width
         if values.size >= 2:
             half_t = mean_ci_t(values).half_width
-        seed_std = _seed_std(group, vector.index)
+        if len(pooled.seeds) >= 2:
+            seed_std = float(seed_summary(pooled.values.T).std)
     else:
         notes.append(f"{bad} of {values.size} episode values are NaN or infinite (diverged?)")
+    config_labels = [text for text in dict.fromkeys(group["label"]) if text] if "label" in group.columns else []
+    if len(config_labels) > 1:
+        notes.append(f"seeds carry different labels ({', '.join(config_labels)}); shown: {config_labels[0]}")
     percent = key["metric"] == "accuracy"
     row = {
         **{name: _plain(key[name]) for name in _SETTING},
+        "label": "",
         "algorithm": key["algorithm"],
+        "recipe_hash": key["recipe_hash"],
         "metric": key["metric"],
         "rank": math.nan,
         "mean": mean,
@@ -562,47 +767,145 @@ def _summarize(key: dict, group: pd.DataFrame) -> tuple[dict, pd.Series]:
         "ci95_percent": 100.0 * half_width if percent else math.nan,
         "inner_steps": int(key["headline_steps"]),
         "episodes": int(values.size),
-        "seeds": int(group["seed"].nunique()),
-        "runs": int(group["run_id"].nunique()),
+        "seeds": len(pooled.seeds),
         "seed_std": seed_std,
         "vs_best": "",
         "p_vs_best_holm": math.nan,
         "fingerprint": key["fingerprint"],
         "notes": "; ".join(text for text in [_format_notes(group["notes"].unique()), *notes] if text),
+        "_config_label": config_labels[0] if config_labels else "",
     }
     return row, vector
 
 
-def _seed_std(group: pd.DataFrame, episodes: pd.Index) -> float:
-    """Standard deviation (ddof 1) of the per-seed means on the shared episodes; NaN for one seed."""
-    if group["seed"].nunique() < 2:
-        return math.nan
-    per_seed = group[group["episode"].isin(episodes)].pivot_table(
-        index="seed", columns="episode", values="value", aggfunc="mean"
-    )  # [seeds, episodes]: runs of one seed averaged first
-    return float(seed_summary(per_seed.to_numpy(dtype=np.float64)).std)
+# ----------------------------------------------------------------------------------- labels
 
 
-def _label_rows(rows: list[dict], index: list[int]) -> None:
-    """Give each row of a setting a unique display label: the algorithm, tagged when ambiguous."""
-    several_sets = len({rows[i]["fingerprint"] for i in index}) > 1
-    for i in index:
-        row = rows[i]
-        duplicate_here = sum(
-            1 for j in index if rows[j]["algorithm"] == row["algorithm"] and rows[j]["fingerprint"] == row["fingerprint"]
-        ) > 1  # fmt: skip
-        row["_label"] = _label(
-            row["algorithm"], row["fingerprint"] if several_sets else None, row["inner_steps"] if duplicate_here else None
-        )
+_TABLE_ORDER = {"algorithm": 0, "model": 1, "dataset": 2, "train": 3, "evaluation": 4, "engine": 5}
+_RESERVED_NAMES = {"seed", "name", "label"}  # short names a reader would take for another key
+_ABSENT = object()
 
 
-def _label(algorithm: str, fingerprint: str | None, steps: int | None) -> str:
-    label = str(algorithm)
-    if fingerprint is not None:
-        label += f" [{str(fingerprint)[:8]}]"
-    if steps is not None:
-        label += f" @{steps} steps"
-    return label
+def assign_labels(rows: list[dict], recipes: dict) -> None:
+    """Label the rows of one setting, in place.
+
+    Each row gets ``label``: its config's ``label`` when it has one, else the algorithm plus the
+    recipe keys whose values differ between the (unlabelled) recipes of that algorithm in the
+    setting (``maml (first_order=true)``; at most :data:`LABEL_KEYS` keys, in table order
+    algorithm, model, dataset, train, evaluation, engine, then ``+N``). Labels are made
+    unique within the setting: first by the recipe hash (``#1a2b3c4d``), then by the headline
+    steps within one episode set, then by the episode set (``[fingerprint]``). ``_pair_label``
+    is the label tagged with the fingerprint when the setting has several episode sets.
+
+    Args:
+        rows: dicts with ``algorithm``, ``recipe_hash``, ``fingerprint``, ``inner_steps`` and
+            optionally ``_config_label``.
+        recipes: recipe hash -> recipe view (:func:`recipe_views`); a recipe without a view
+            shows no keys.
+    """
+    by_algorithm: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("_config_label"):
+            row["label"] = _base_label(row["algorithm"], [], row["_config_label"])
+        else:
+            by_algorithm.setdefault(row["algorithm"], []).append(row)
+    for algorithm, members in by_algorithm.items():
+        hashes = list(dict.fromkeys(row["recipe_hash"] for row in members))
+        parts = _distinguishing({h: recipes.get(h) for h in hashes}) if len(hashes) > 1 else {hashes[0]: []}
+        for row in members:
+            row["label"] = _base_label(algorithm, parts[row["recipe_hash"]], "")
+    for members in _duplicates(rows, lambda row: row["label"]):
+        if len({row["recipe_hash"] for row in members}) > 1:
+            for row in members:
+                row["label"] += f" #{str(row['recipe_hash'])[:8] or '?'}"
+    for members in _duplicates(rows, lambda row: (row["label"], row["fingerprint"])):
+        if len({row["inner_steps"] for row in members}) > 1:
+            for row in members:
+                row["label"] += f" @{row['inner_steps']} steps"
+    for members in _duplicates(rows, lambda row: row["label"]):
+        if len({row["fingerprint"] for row in members}) > 1:
+            for row in members:
+                row["label"] += f" [{str(row['fingerprint'])[:8]}]"
+    for members in _duplicates(rows, lambda row: row["label"]):  # nothing else told them apart
+        for n, row in enumerate(members[1:], start=2):
+            row["label"] += f" ({n})"
+    several_sets = len({row["fingerprint"] for row in rows}) > 1
+    for row in rows:
+        tag = f" [{str(row['fingerprint'])[:8]}]"
+        row["_pair_label"] = row["label"] + tag if several_sets and not row["label"].endswith(tag) else row["label"]
+
+
+def _duplicates(rows: list[dict], key) -> list[list[dict]]:
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault(key(row), []).append(row)
+    return [members for members in groups.values() if len(members) > 1]
+
+
+def _base_label(algorithm: str, parts: list[str], config_label: str) -> str:
+    ensemble = algorithm.endswith(ENSEMBLE_SUFFIX)
+    if config_label:
+        return config_label + (ENSEMBLE_SUFFIX if ensemble else "")
+    name = algorithm[: -len(ENSEMBLE_SUFFIX)] if ensemble else algorithm
+    shown = parts[:LABEL_KEYS] + ([f"+{len(parts) - LABEL_KEYS}"] if len(parts) > LABEL_KEYS else [])
+    shown += ["top-k ensemble"] if ensemble else []
+    return f"{name} ({', '.join(shown)})" if shown else name
+
+
+def _distinguishing(views: dict[str, dict | None]) -> dict[str, list[str]]:
+    """Recipe hash -> ``["key=value", ...]`` for the keys whose values differ between the recipes.
+
+    Keys are ``table.key`` paths of the recipe views, shown by their short name when no other key
+    of these views has that name; values are written as in TOML. A key a view lacks is not shown
+    for it; an option left out of the hash at its neutral value counts as that value.
+    """
+    flat = {recipe: _flatten(view or {}) for recipe, view in views.items()}
+    for (table, key), neutral, _ in HASH_NEUTRAL:
+        if any((table, key) in f for f in flat.values()):
+            for recipe, f in flat.items():
+                if isinstance((views[recipe] or {}).get(table), dict):
+                    f.setdefault((table, key), neutral)
+    paths = list(dict.fromkeys(path for f in flat.values() for path in f))
+    differing = [path for path in paths if len({_canonical(f.get(path, _ABSENT)) for f in flat.values()}) > 1]
+    differing.sort(key=lambda path: _TABLE_ORDER.get(path[0], 6) if len(path) == 2 else 7)
+    names: dict[str, int] = {}
+    for path in paths:
+        names[path[-1]] = names.get(path[-1], 0) + 1
+
+    def short(path: tuple) -> str:
+        unambiguous = names[path[-1]] == 1 and path[-1] not in _RESERVED_NAMES
+        return path[-1] if len(path) == 1 or unambiguous else ".".join(path)
+
+    return {recipe: [f"{short(path)}={toml_value(f[path])}" for path in differing if path in f] for recipe, f in flat.items()}
+
+
+def _flatten(view: dict) -> dict[tuple, object]:
+    flat = {}
+    for key, value in view.items():
+        if isinstance(value, dict):
+            flat.update({(key, inner): v for inner, v in value.items()})
+        else:
+            flat[(key,)] = value
+    return flat
+
+
+def _canonical(value) -> str:
+    return "\0absent" if value is _ABSENT else json.dumps(value, sort_keys=True, default=str)
+
+
+def toml_value(value) -> str:
+    """A config value as TOML writes it: ``true``, ``0.1``, ``"conv4"``, ``[0, 1]``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(str(value))
 
 
 def _rank_rows(rows: list[dict], index: list[int]) -> None:
@@ -624,10 +927,14 @@ def _setting_pairs(rows: list[dict], vectors: list[pd.Series], index: list[int],
             pair = {
                 **{name: a[name] for name in _SETTING},
                 "metric": a["metric"],
-                "a": a["_label"],
-                "b": b["_label"],
+                "a": a["_pair_label"],
+                "b": b["_pair_label"],
+                "recipe_a": a["recipe_hash"],
+                "recipe_b": b["recipe_hash"],
                 "fingerprint_a": a["fingerprint"],
                 "fingerprint_b": b["fingerprint"],
+                "inner_steps_a": a["inner_steps"],
+                "inner_steps_b": b["inner_steps"],
                 "episodes": 0,
                 **dict.fromkeys(("mean_difference", "diff_low", "diff_high", "effect_size_dz", "wilcoxon_p",
                                  "wilcoxon_p_holm", "t_p", "t_p_holm"), math.nan),
@@ -646,7 +953,7 @@ def _setting_pairs(rows: list[dict], vectors: list[pd.Series], index: list[int],
             if a["metric"] != b["metric"]:
                 pair["note"] = f"not paired: different metrics ({a['metric']} and {b['metric']})"
                 continue
-            broken = [row["_label"] for row in (a, b) if not math.isfinite(row["mean"])]
+            broken = [row["_pair_label"] for row in (a, b) if not math.isfinite(row["mean"])]
             if broken:
                 pair["note"] = f"not paired: {' and '.join(broken)} has non-finite episode values"
                 continue
@@ -656,6 +963,9 @@ def _setting_pairs(rows: list[dict], vectors: list[pd.Series], index: list[int],
                 continue
             result = paired_comparison(vectors[i].loc[shared].to_numpy(), vectors[j].loc[shared].to_numpy())
             notes = [result.note] if result.note else []
+            if a["inner_steps"] != b["inner_steps"]:
+                steps = f"steps {a['inner_steps']} vs {b['inner_steps']}"
+                notes.insert(0, f"{steps}: at different inner-step counts; --steps N compares at equal ones")
             if len(shared) < max(len(vectors[i]), len(vectors[j])):
                 notes.append(f"on the {len(shared)} episodes both have")
             pair.update(
@@ -698,6 +1008,9 @@ def _mark_vs_best(rows: list[dict], index: list[int], pairs: list[dict]) -> None
                 row["vs_best"] = "too few episodes to test"
             else:
                 row["vs_best"] = "significantly worse" if pair["significant"] else "not significantly different"
+            if row["inner_steps"] != rows[best]["inner_steps"]:
+                steps = f"vs best at steps {row['inner_steps']} vs {rows[best]['inner_steps']} (this row vs the best)"
+                row["notes"] = "; ".join(text for text in (row["notes"], steps) if text)
     for pair in pairs:
         pair.pop("_i")
         pair.pop("_j")
@@ -721,9 +1034,27 @@ def _largest_complete_block(present: pd.DataFrame) -> tuple[list, list]:
     return best_rows, best_columns
 
 
-def _labelled_curves(curves: pd.DataFrame) -> pd.DataFrame:
-    """Training curves with a ``label`` (the algorithm: one colour per algorithm, one line per run)."""
-    return curves.assign(label=curves["algorithm"].astype(str) if len(curves) else pd.Series(dtype=str))
+def _labelled_curves(curves: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Training curves with ``label`` set to the run's leaderboard label: one colour per recipe,
+    one line per run. A recipe without a leaderboard row is labelled by its algorithm; two
+    recipes of one dataset that would share a label get their recipe hash added."""
+    if not len(curves):
+        return curves.assign(label=pd.Series(dtype=str))
+    names = {}
+    if len(table):
+        for recipe, algorithm, label, fingerprint in zip(table["recipe_hash"], table["algorithm"], table["label"], table["fingerprint"]):
+            names.setdefault((recipe, algorithm), _method_label(label, fingerprint))
+    recipes = curves["recipe_hash"] if "recipe_hash" in curves.columns else pd.Series("", index=curves.index)
+    labels = pd.Series(
+        [names.get((r, a), str(a)) for r, a in zip(recipes, curves["algorithm"])], index=curves.index, dtype=object
+    )
+    for _, part in curves.groupby("dataset", sort=False):
+        pairs = pd.DataFrame({"label": labels.loc[part.index], "recipe": recipes.loc[part.index]})
+        shared = pairs.groupby("label")["recipe"].transform("nunique") > 1
+        labels.loc[shared[shared].index] = (
+            pairs.loc[shared, "label"] + " #" + pairs.loc[shared, "recipe"].astype(str).str[:8]
+        )
+    return curves.assign(label=labels)
 
 
 def _steps_of(steps: pd.DataFrame, key: tuple) -> pd.DataFrame:
@@ -773,7 +1104,10 @@ def _setting_key(row: dict) -> tuple:
 def _row_order(row: dict) -> tuple:
     mean = row["mean"]
     score = mean if row["metric"] == "mse" else -mean  # best first: low MSE, high accuracy
-    return (*_setting_key(row), row["metric"], math.isnan(score), 0.0 if math.isnan(score) else score, row["algorithm"])
+    return (
+        *_setting_key(row), row["metric"], math.isnan(score), 0.0 if math.isnan(score) else score, row["algorithm"],
+        str(row["recipe_hash"]), str(row["fingerprint"]), row["inner_steps"],
+    )  # fmt: skip
 
 
 def _slug(text: str) -> str:
@@ -820,18 +1154,19 @@ def vs_best_text(row: dict) -> str:
 def significance_text(alpha: float) -> str:
     """The paragraph that explains ``vs best`` and the paired comparisons."""
     return (
-        f"**vs best**: each algorithm against the setting's best one on the same episodes (same "
+        f"**vs best**: each row against the setting's best one on the same episodes (same "
         f"fingerprint): Wilcoxon signed-rank test on the per-episode differences (zero differences "
         f"split between the signs, Demšar 2006), Holm-corrected over all pairs of the setting, "
         f"alpha = {alpha:g}. \"≈ best\" = not significantly different from the best. Results on different "
-        "episode sets are never paired. **ci95 (t)** is the Student-t interval (ddof 1); **seed std** "
-        "the standard deviation (ddof 1) of the per-seed means, i.e. training-seed variability."
+        "episode sets are never paired, and a pair at different inner-step counts says so in its row. "
+        "**ci95 (t)** is the Student-t interval (ddof 1); **seed std** the standard deviation (ddof 1) "
+        "of the per-seed means, i.e. training-seed variability."
     )
 
 
 _MD_HEADERS = [
-    "rank", "dataset", "ways", "shots", "queries", "algorithm", "metric", "mean", "ci95", "ci95 (t)",
-    "vs best", "inner steps", "episodes", "seeds", "seed std", "runs", "fingerprint", "notes",
+    "rank", "dataset", "ways", "shots", "queries", "label", "recipe", "metric", "mean", "ci95", "ci95 (t)",
+    "vs best", "inner steps", "episodes", "seeds", "seed std", "fingerprint", "notes",
 ]  # fmt: skip
 
 
@@ -850,7 +1185,8 @@ def _md_cells(row: dict) -> list[str]:
         "-" if pd.isna(row["ways"]) else str(row["ways"]),
         str(row["shots"]),
         str(row["queries"]),
-        _md(row["algorithm"]),
+        _md(row["label"]),
+        _md(str(row["recipe_hash"])[:12]),
         "accuracy (%)" if metric == "accuracy" else _md(metric),
         number(row["mean"]),
         number(row["ci95"]),
@@ -860,13 +1196,23 @@ def _md_cells(row: dict) -> list[str]:
         str(row["episodes"]),
         str(row["seeds"]),
         optional(row["seed_std"]),
-        str(row["runs"]),
         _md(str(row["fingerprint"])[:12]),
         _md(row["notes"]),
     ]
 
 
-_MD_PAIR_HEADERS = ["A", "B", "episodes", "A − B", "95% CI of A − B", "d_z", "Wilcoxon p (Holm)", "t p (Holm)", "result"]
+_MD_PAIR_HEADERS = [
+    "A", "B", "inner steps", "episodes", "A − B", "95% CI of A − B", "d_z", "Wilcoxon p (Holm)", "t p (Holm)", "result",
+]  # fmt: skip
+PAIR_HEADERS = _MD_PAIR_HEADERS
+"""Headers of :func:`pair_cells`."""
+
+
+def steps_cell(pair: dict) -> str:
+    """``"3"`` when both rows of a pair report the same inner-step count, else ``"1 vs 10"``."""
+    a, b = pair["inner_steps_a"], pair["inner_steps_b"]
+    return str(a) if a == b else f"{a} vs {b}"
+
 
 
 def pair_cells(pair: dict, alpha: float) -> list[str]:
@@ -876,7 +1222,7 @@ def pair_cells(pair: dict, alpha: float) -> list[str]:
     unit_format = "{:+.2f}" if metric == "accuracy" else "{:+.4g}"
     tested = math.isfinite(pair["wilcoxon_p"]) or math.isfinite(pair["t_p"])
     if pair["note"].startswith("not paired"):
-        return [pair["a"], pair["b"], "-", "-", "-", "-", "-", "-", pair["note"]]
+        return [pair["a"], pair["b"], steps_cell(pair), "-", "-", "-", "-", "-", "-", pair["note"]]
     difference = unit_format.format(scale * pair["mean_difference"])
     if math.isfinite(pair["diff_low"]):
         interval = f"[{unit_format.format(scale * pair['diff_low'])}, {unit_format.format(scale * pair['diff_high'])}]"
@@ -893,30 +1239,48 @@ def pair_cells(pair: dict, alpha: float) -> list[str]:
     if tested and pair["note"]:
         result += f" ({pair['note']})"
     return [
-        pair["a"], pair["b"], str(pair["episodes"]), difference, interval, effect,
+        pair["a"], pair["b"], steps_cell(pair), str(pair["episodes"]), difference, interval, effect,
         f"{format_p(pair['wilcoxon_p'])} ({format_p(pair['wilcoxon_p_holm'])})",
         f"{format_p(pair['t_p'])} ({format_p(pair['t_p_holm'])})", result,
     ]  # fmt: skip
 
 
-def across_summary_lines(across: AcrossSettings) -> list[str]:
-    """Plain-text lines with the Friedman, Iman-Davenport and Nemenyi numbers."""
+def friedman_lines(across: AcrossSettings) -> list[str]:
+    """Plain-text lines with Friedman's chi-square and the Iman-Davenport F, or why they were not
+    computed; never an infinite statistic."""
     f = across.friedman
-    ff = "inf" if math.isinf(f.iman_davenport_F) else f"{f.iman_davenport_F:.3f}"
+    if f.not_computed:
+        return [f.not_computed]
+    lines = [f"Friedman chi-square = {f.statistic:.3f} (df = {f.k - 1}), {p_text(f.pvalue)}"]
+    if f.iman_davenport_not_computed:
+        lines.append(f"Iman-Davenport F_F: {f.iman_davenport_not_computed}")
+    else:
+        lines.append(
+            f"Iman-Davenport F_F = {f.iman_davenport_F:.3f} (df = {f.k - 1}, {(f.k - 1) * (f.n - 1)}), "
+            f"{p_text(f.iman_davenport_pvalue)}"
+        )
+    return lines
+
+
+def nemenyi_lines(across: AcrossSettings) -> list[str]:
+    """Plain-text lines with the Nemenyi critical difference and its groups."""
+    f = across.friedman
     lines = [
-        f"Friedman chi-square = {f.statistic:.3f} (df = {f.k - 1}), {p_text(f.pvalue)}",
-        f"Iman-Davenport F_F = {ff} (df = {f.k - 1}, {(f.k - 1) * (f.n - 1)}), {p_text(f.iman_davenport_pvalue)}",
-        (
-            f"Nemenyi critical difference CD = {across.q_alpha:.3f} · √(k(k+1)/(6N)) = {across.cd:.3f} "
-            f"(k = {f.k}, N = {f.n}, alpha = {across.alpha:g})"
-        ),
+        f"Nemenyi critical difference CD = {across.q_alpha:.3f} · √(k(k+1)/(6N)) = {across.cd:.3f} "
+        f"(k = {f.k}, N = {f.n}, alpha = {across.alpha:g})"
     ]
     if across.groups:
         lines.append("Not significantly different by Nemenyi (joined in the diagram): "
                      + "; ".join("{" + ", ".join(g) + "}" for g in across.groups))  # fmt: skip
     else:
-        lines.append("Nemenyi: every pair of algorithms differs by at least CD.")
+        lines.append("Nemenyi: every pair of methods differs by at least CD.")
     return lines
+
+
+def across_summary_lines(across: AcrossSettings) -> list[str]:
+    """Plain-text lines with the Friedman, Iman-Davenport and Nemenyi numbers (:func:`friedman_lines`
+    then :func:`nemenyi_lines`)."""
+    return [*friedman_lines(across), *nemenyi_lines(across)]
 
 
 ACROSS_PAIR_HEADERS = ["A", "B", "rank difference", "Nemenyi", "wins / ties / losses of A", "Wilcoxon p (Holm)", "result"]
@@ -935,6 +1299,39 @@ def across_pair_cells(pair: dict, alpha: float) -> list[str]:
     ]
 
 
+ROW_TEXT = (
+    "Each row is one recipe (the resolved config without its training seed; its hash is the recipe "
+    "column) on one evaluation episode set (fingerprint) at the evaluation's headline inner-step count; "
+    "accuracy is in percent, MSE in the task's units. The label is the algorithm plus the recipe keys that "
+    "set the row apart from the other recipes of that algorithm in the setting, or the config's label. "
+    "Runs pool only within a recipe, as its training seeds: each seed's per-episode values first "
+    "(repeated runs of a seed count once; repeats that differ are a determinism failure, noted in the "
+    "row), then each episode's value is averaged across the seeds (same fingerprint = same episodes), "
+    "then the mean and CI are taken over the episodes."
+)
+"""How to read a leaderboard row (markdown and HTML)."""
+
+
+def compared_at_lines(report: Report) -> list[str]:
+    """What ``--steps N`` changed: the inner-step count every row reports and what was left out."""
+    if report.compared_at is None:
+        return []
+    lines = [
+        f"Compared at equal inner steps: every row reports inner step {report.compared_at} "
+        f"(metabench report --steps {report.compared_at}), not its evaluation's headline count."
+    ]
+    if report.left_out:
+        lines.append(f"Left out (inner step {report.compared_at} not recorded): " + "; ".join(report.left_out) + ".")
+    return lines
+
+
+def empty_text(report: Report) -> str:
+    """What an empty leaderboard says."""
+    if report.compared_at is not None and report.left_out:
+        return f"No completed run recorded inner step {report.compared_at}; nothing to rank."
+    return "No completed runs with evaluations in this store yet; nothing to rank."
+
+
 def render_markdown(report: Report, figures: dict | None = None) -> str:
     """The leaderboard as markdown; ``figures`` maps figure keys to paths relative to the file."""
     figures = figures or {}
@@ -944,15 +1341,14 @@ def render_markdown(report: Report, figures: dict | None = None) -> str:
         "# metabench leaderboard\n\n"
         f"Generated {report.generated} from results store `{_md(report.store_path)}`: "
         f"{counts.get('completed', 0)} completed run(s) (excluded: {excluded}).\n\n"
-        "Each row is one algorithm on one evaluation episode set (fingerprint) at the evaluation's "
-        "headline inner-step count; accuracy is in percent, MSE in the task's units. When a row has "
-        "several runs (e.g. seeds), each episode's value is first averaged across the runs (same "
-        "fingerprint = same episodes), then the mean and CI are taken over the episodes.\n\n"
+        + ROW_TEXT
+        + "\n\n"
         + significance_text(report.alpha)
         + "\n"
     ]
+    parts.extend(f"{_md(line)}\n" for line in compared_at_lines(report))
     if report.table.empty:
-        parts.append("\nNo completed runs with evaluations in this store yet; nothing to rank.\n")
+        parts.append(f"\n{_md(empty_text(report))}\n")
         return "\n".join(parts)
     for key, title, rows in report.settings():
         parts.append(f"\n## {_md(title)}\n")
@@ -978,7 +1374,7 @@ def render_markdown(report: Report, figures: dict | None = None) -> str:
     if across is not None:
         counts_per = report.across_values.notna().sum(axis=0)
         rank_rows = [[_md(name), f"{rank:.2f}", str(int(counts_per.get(name, 0)))] for name, rank in across.average_ranks.items()]
-        parts.append(tabulate(rank_rows, headers=["algorithm", "average rank", "settings"], tablefmt="github", disable_numparse=True))
+        parts.append(tabulate(rank_rows, headers=["method", "average rank", "settings"], tablefmt="github", disable_numparse=True))
         parts.append("\nRanks per setting (1 = best; ties share the average rank):\n")
         ordered = list(across.average_ranks.index)
         per_setting = [[_md(setting), *(f"{across.ranks.loc[setting, a]:g}" for a in ordered)] for setting in across.ranks.index]
@@ -1053,9 +1449,9 @@ def render_tex(report: Report) -> str:
                 f"\\caption{{{tex_escape(title)}: mean {unit} with the 95\\% CI over episodes "
                 f"($1.96\\,s/\\sqrt{{n}}$); bold = best or not significantly different from it.}}"
             ),
-            "\\begin{tabular}{rlrrrrl}",
+            "\\begin{tabular}{rllrrrrrl}",
             "\\toprule",
-            "Rank & Algorithm & Mean & CI95 & Episodes & Seeds & vs best \\\\",
+            "Rank & Label & Recipe & Mean & CI95 & Steps & Episodes & Seeds & vs best \\\\",
             "\\midrule",
         ]
         for row in rows.to_dict("records"):
@@ -1065,25 +1461,31 @@ def render_tex(report: Report) -> str:
             rank = "--" if not math.isfinite(row["rank"]) else f"{row['rank']:g}"
             mark = tex_escape(vs_best_text(row)).replace("≈", "$\\approx$").replace("\\textless{}", "$<$")
             lines.append(
-                f"{rank} & {tex_escape(row['algorithm'])} & {mean} & {format_value(row['ci95'], metric)} & "
-                f"{row['episodes']} & {row['seeds']} & {mark} \\\\"
+                f"{rank} & {tex_escape(row['label'])} & \\texttt{{{tex_escape(str(row['recipe_hash'])[:12])}}} & {mean} & "
+                f"{format_value(row['ci95'], metric)} & {row['inner_steps']} & {row['episodes']} & {row['seeds']} & {mark} \\\\"
             )
         lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
     across = report.across
     if across is not None:
         f = across.friedman
-        ff = "\\infty" if math.isinf(f.iman_davenport_F) else f"{f.iman_davenport_F:.2f}"
+        if f.not_computed:
+            tests = f"Friedman and Iman--Davenport {tex_escape(f.not_computed)}"
+        else:
+            tests = f"Friedman $\\chi^2_F = {f.statistic:.2f}$, ${p_text(f.pvalue)}$; Iman--Davenport "
+            if f.iman_davenport_not_computed:
+                tests += tex_escape(f.iman_davenport_not_computed)
+            else:
+                tests += f"$F_F = {f.iman_davenport_F:.2f}$, ${p_text(f.iman_davenport_pvalue)}$"
         lines += [
             "\\begin{table}[ht]",
             "\\centering",
             (
-                f"\\caption{{Average ranks over {f.n} settings (1 = best). Friedman $\\chi^2_F = {f.statistic:.2f}$, "
-                f"${p_text(f.pvalue)}$; Iman--Davenport $F_F = {ff}$, ${p_text(f.iman_davenport_pvalue)}$; "
+                f"\\caption{{Average ranks over {f.n} settings (1 = best). {tests}; "
                 f"Nemenyi $CD = {across.cd:.2f}$ at $\\alpha = {across.alpha:g}$.}}"
             ),
             "\\begin{tabular}{lr}",
             "\\toprule",
-            "Algorithm & Average rank \\\\",
+            "Method & Average rank \\\\",
             "\\midrule",
         ]
         lines += [f"{tex_escape(name)} & {rank:.2f} \\\\" for name, rank in across.average_ranks.items()]

@@ -2,10 +2,12 @@
 
 The published numbers ship with the package (``published_results.toml`` beside this module, in the
 format of the shared reference file, with each number's source, evidence and uncertainty kind).
-For every result in the store on a test split, :func:`reproduction_table` looks up the published
-numbers of the same dataset, ways, shots, metric and algorithm (our registered name, e.g.
-``"maml"``, ``"mamlpp"``, ``"baseline"``), takes our per-episode values at the paper's test-time
-inner-step count when we evaluated it, and gives a verdict (:func:`verdict`):
+For every result in the store on a test split, one per recipe (config without its training seed)
+and episode set, with the recipe's seeds pooled as in the leaderboard and labelled as there,
+:func:`reproduction_table` looks up the published numbers of the same dataset, ways, shots, metric
+and algorithm (our registered name, e.g. ``"maml"``, ``"mamlpp"``, ``"baseline"``), takes our
+per-episode values at the paper's test-time inner-step count when we evaluated it, and gives a
+verdict (:func:`verdict`):
 
 * **inside the paper's interval**: our mean lies within the paper's ± (a 95% CI over episodes,
   or one standard deviation over seeds for MAML++);
@@ -37,7 +39,7 @@ import pandas as pd
 from scipy import stats as _scipy_stats
 from tabulate import tabulate
 
-from metabench.harness.report import episode_values, setting_title
+from metabench.harness.report import assign_labels, recipe_views, seed_values, setting_title
 from metabench.harness.stats import mean_ci95, seed_summary
 from metabench.harness.store import ResultsStore
 
@@ -312,16 +314,17 @@ def verdict(
 
 
 COMPARED_COLUMNS = (
-    "dataset", "split", "ways", "shots", "queries", "algorithm", "fingerprint", "paper", "paper_algorithm",
+    "dataset", "split", "ways", "shots", "queries", "label", "algorithm", "recipe_hash", "fingerprint", "paper", "paper_algorithm",
     "evidence", "source", "metric", "inner_steps", "paper_value", "paper_pm", "paper_pm_kind", "paper_pm_text",
     "paper_half95", "ours_mean", "ours_half95", "ours_interval", "seeds", "episodes", "difference", "verdict",
     "protocol_differences",
 )  # fmt: skip
 """Columns of the first frame of :func:`reproduction_table`: accuracy in percent, MSE as is;
-``difference = ours_mean - paper_value``; ``protocol_differences`` a list of sentences."""
+``label`` is the row's leaderboard label and ``recipe_hash`` its recipe; ``difference = ours_mean -
+paper_value``; ``protocol_differences`` a list of sentences."""
 
-UNMATCHED_COLUMNS = ("dataset", "split", "ways", "shots", "queries", "algorithm", "metric", "inner_steps", "mean",
-                     "ci95", "episodes", "seeds", "note")  # fmt: skip
+UNMATCHED_COLUMNS = ("dataset", "split", "ways", "shots", "queries", "label", "algorithm", "recipe_hash", "metric",
+                     "inner_steps", "mean", "ci95", "episodes", "seeds", "note")  # fmt: skip
 
 
 def reproduction_table(
@@ -335,16 +338,29 @@ def reproduction_table(
         published: from :func:`load_published`.
 
     Returns:
-        ``(compared, unmatched)``: one row per (published number, our episode set) with
+        ``(compared, unmatched)``: one row per (published number, our recipe on an episode set) with
         :data:`COMPARED_COLUMNS`, and one row per result of ours with no published number
         (:data:`UNMATCHED_COLUMNS`; ``note`` says why: no number published, the reason known
         for it, or a split other than test).
     """
     configs = {row.run_id: (row.config or {}) for row in runs.itertuples()}
-    compared, unmatched = [], []
-    keys = ["dataset", "split", "ways", "shots", "queries", "fingerprint", "algorithm", "metric", "headline_steps"]
+    if "recipe_hash" not in episodes.columns:
+        episodes = episodes.assign(recipe_hash="")
+    keys = ["dataset", "split", "ways", "shots", "queries", "fingerprint", "recipe_hash", "algorithm", "metric", "headline_steps"]
+    entries = []
     for key, group in episodes.groupby(keys, dropna=False, sort=False):
         key = dict(zip(keys, key))
+        labels = [t for t in dict.fromkeys(group["label"]) if t] if "label" in group.columns else []
+        entries.append(({**key, "inner_steps": int(key["headline_steps"]), "_config_label": labels[0] if labels else ""}, group))
+    settings: dict = {}
+    for entry, _ in entries:
+        ways = None if pd.isna(entry["ways"]) else int(entry["ways"])
+        settings.setdefault((entry["dataset"], entry["split"], ways, entry["shots"], entry["queries"]), []).append(entry)
+    recipes = recipe_views(runs)
+    for rows in settings.values():
+        assign_labels(rows, recipes)
+    compared, unmatched = [], []
+    for key, group in entries:
         ways = None if pd.isna(key["ways"]) else int(key["ways"])
         matches = [
             p for p in published.results
@@ -369,14 +385,16 @@ def reproduction_table(
                 and u.ways == ways and u.shots == int(key["shots"])
             ]  # fmt: skip
             note = "no published number" + (f": {reasons[0]}" if reasons else "")
+        note = "; ".join([note, *ours["notes"]])
         unmatched.append(
             {
                 "dataset": key["dataset"], "split": key["split"], "ways": ways, "shots": int(key["shots"]),
-                "queries": int(key["queries"]), "algorithm": key["algorithm"], "metric": key["metric"],
-                "inner_steps": headline, "mean": ours["mean"] * scale, "ci95": ours["half"] * scale, "episodes": ours["episodes"],
+                "queries": int(key["queries"]), "label": key["label"], "algorithm": key["algorithm"],
+                "recipe_hash": key["recipe_hash"], "metric": key["metric"], "inner_steps": headline,
+                "mean": ours["mean"] * scale, "ci95": ours["half"] * scale, "episodes": ours["episodes"],
                 "seeds": ours["seeds"], "note": note,
             }
-        )
+        )  # fmt: skip
     compared = pd.DataFrame(compared, columns=list(COMPARED_COLUMNS))
     unmatched = pd.DataFrame(unmatched, columns=list(UNMATCHED_COLUMNS))
     for frame in (compared, unmatched):
@@ -395,7 +413,8 @@ def _compare(paper: PublishedResult, key: dict, ways, group: pd.DataFrame, recor
     differences = _protocol_differences(paper, key, group, recorded, step, ours, configs)
     return {
         "dataset": key["dataset"], "split": key["split"], "ways": ways, "shots": int(key["shots"]),
-        "queries": int(key["queries"]), "algorithm": key["algorithm"], "fingerprint": key["fingerprint"],
+        "queries": int(key["queries"]), "label": key["label"], "algorithm": key["algorithm"],
+        "recipe_hash": key["recipe_hash"], "fingerprint": key["fingerprint"],
         "paper": paper.paper, "paper_algorithm": paper.algorithm, "evidence": paper.evidence, "source": paper.source,
         "metric": paper.metric, "inner_steps": step, "paper_value": paper.value,
         "paper_pm": math.nan if paper.pm is None else paper.pm, "paper_pm_kind": paper.pm_kind,
@@ -409,19 +428,18 @@ def _compare(paper: PublishedResult, key: dict, ways, group: pd.DataFrame, recor
 
 
 def _our_numbers(rows: pd.DataFrame, key: dict) -> dict:
-    """Mean and few-shot CI of the per-episode values (runs averaged), plus the seed t-CI when >= 2 seeds."""
-    values, _ = episode_values(rows, key, warn=False)
-    array = values.to_numpy()
-    seeds = int(rows["seed"].nunique())
-    result = {"mean": math.nan, "half": math.nan, "episodes": int(array.size), "seeds": seeds, "seed_half": None, "notes": []}
+    """Mean and few-shot CI of the per-episode values (per seed first, then across seeds, as in the
+    leaderboard), plus the seed t-CI when >= 2 seeds and the notes (e.g. determinism failures)."""
+    pooled = seed_values(rows, key, warn=False)
+    array = pooled.values.mean(axis=1)
+    seeds = len(pooled.seeds)
+    result = {"mean": math.nan, "half": math.nan, "episodes": int(array.size), "seeds": seeds, "seed_half": None,
+              "notes": list(pooled.notes)}  # fmt: skip
     if array.size and np.isfinite(array).all():
         ci = mean_ci95(array, ddof=0)
         result.update(mean=ci.mean, half=ci.half_width)
         if seeds >= 2:
-            per_seed = rows[rows["episode"].isin(values.index)].pivot_table(
-                index="seed", columns="episode", values="value", aggfunc="mean"
-            )
-            summary = seed_summary(per_seed.to_numpy(dtype=np.float64))
+            summary = seed_summary(pooled.values.T)
             if summary.seed_ci is not None:
                 result["seed_half"] = summary.seed_ci.half_width
     return result
@@ -472,6 +490,7 @@ def _protocol_differences(paper: PublishedResult, key: dict, group, recorded, st
             out.append(f"network: the paper's is {paper.backbone}; ours is {', '.join(models)}")
     notes = protocol.get("notes", [])
     out.extend(str(note) for note in ([notes] if isinstance(notes, str) else notes))
+    out.extend(ours["notes"])
     ours_notes = []
     for text in group["notes"].unique():
         notes = json.loads(text) if text else {}
@@ -548,8 +567,10 @@ def render_reproduction(compared: pd.DataFrame, unmatched: pd.DataFrame, *, stor
             f"published numbers from {_md(origin)} (each with its source and evidence level).\n"
         ),
         (
-            "How to read it: accuracy in percent, MSE in the task's units. **ours** is the mean over the "
-            "test episodes (several seeds averaged per episode) with its 95% CI (1.96 s/√n, ddof 0), at the "
+            "How to read it: accuracy in percent, MSE in the task's units. Each row is one recipe (config without "
+            "its training seed; labelled as in the leaderboard, hash in the recipe column). **ours** is the mean "
+            "over the test episodes (per seed first, repeats of a seed counted once, then the seeds averaged per "
+            "episode) with its 95% CI (1.96 s/√n, ddof 0), at the "
             "paper's test-time inner-step count when we evaluated it. The **verdict**: *inside the paper's "
             "interval* when our mean lies within the published ± (for MAML++ that ± is one standard deviation "
             "over 3 seeds); *statistically indistinguishable* when |ours − paper| ≤ √(h_ours² + h_paper²) with "
@@ -568,17 +589,18 @@ def render_reproduction(compared: pd.DataFrame, unmatched: pd.DataFrame, *, stor
         rows = []
         for n, r in enumerate(compared.to_dict("records"), start=1):
             rows.append([
-                str(n), _md(_setting(r)), _md(r["algorithm"]), _md(_short_paper(r["paper"])),
+                str(n), _md(_setting(r)), _md(r["label"]), _md(str(r["recipe_hash"])[:12]), _md(_short_paper(r["paper"])),
                 _md(r["paper_algorithm"]), _fmt(r["paper_value"], r["metric"]), _pm(r), _md(r["evidence"]),
                 f"{_fmt(r['ours_mean'], r['metric'])} ± {_fmt(r['ours_half95'], r['metric'])}", str(r["seeds"]),
                 str(r["episodes"]), str(r["inner_steps"]), _signed(r["difference"], r["metric"]), _md(r["verdict"]),
             ])  # fmt: skip
-        headers = ["#", "setting", "ours", "paper", "paper's method", "paper", "paper's ± (kind)", "evidence",
+        headers = ["#", "setting", "ours", "recipe", "paper", "paper's method", "paper", "paper's ± (kind)", "evidence",
                    "ours ± 95% CI", "seeds", "episodes", "inner steps", "ours − paper", "verdict"]  # fmt: skip
         parts.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
         parts.append("\n### Protocol differences that remain\n")
         for n, r in enumerate(compared.to_dict("records"), start=1):
-            parts.append(f"**{n}. {_md(r['algorithm'])} on {_md(_setting(r))}, against {_md(_short_paper(r['paper']))} "
+            recipe = _md(str(r["recipe_hash"])[:12])
+            parts.append(f"**{n}. {_md(r['label'])} (recipe {recipe}) on {_md(_setting(r))}, against {_md(_short_paper(r['paper']))} "
                          f"({_md(r['paper_algorithm'])}).** Source: {_md(r['source'])}.")  # fmt: skip
             if r["ours_interval"] != "95% CI over episodes":
                 parts.append(f"- ours ± is the {r['ours_interval']}, to match the paper's seed std")
@@ -590,11 +612,12 @@ def render_reproduction(compared: pd.DataFrame, unmatched: pd.DataFrame, *, stor
         parts.append("Every result in this store has a published number above.\n")
     else:
         rows = [
-            [_md(_setting(r)), _md(r["algorithm"]), f"{_fmt(r['mean'], r['metric'])} ± {_fmt(r['ci95'], r['metric'])}",
-             str(r["seeds"]), str(r["inner_steps"]), _md(r["note"])]
+            [_md(_setting(r)), _md(r["label"]), _md(str(r["recipe_hash"])[:12]),
+             f"{_fmt(r['mean'], r['metric'])} ± {_fmt(r['ci95'], r['metric'])}", str(r["seeds"]), str(r["inner_steps"]),
+             _md(r["note"])]
             for r in unmatched.to_dict("records")
         ]  # fmt: skip
-        parts.append(tabulate(rows, headers=["setting", "ours", "ours ± 95% CI", "seeds", "inner steps", "note"],
+        parts.append(tabulate(rows, headers=["setting", "ours", "recipe", "ours ± 95% CI", "seeds", "inner steps", "note"],
                               tablefmt="github", disable_numparse=True))  # fmt: skip
     return "\n".join(parts).rstrip("\n") + "\n"
 

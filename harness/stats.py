@@ -21,7 +21,8 @@ Across settings (Demšar 2006, "Statistical comparisons of classifiers over mult
 JMLR 7:1-30; Benavoli, Corani & Mangili 2016, JMLR 17(5)):
 
 * :func:`rank_rows`, :func:`friedman_test`: average ranks (ties averaged), Friedman's chi-square
-  and the Iman-Davenport F.
+  and the Iman-Davenport F, or why they were not computed (too few rows: :func:`friedman_min_rows`;
+  identical rankings on every row, which leave the F's denominator 0).
 * :func:`nemenyi_q`, :func:`nemenyi_cd`, :func:`nemenyi_groups`: the Nemenyi critical difference
   and the groups a critical-difference diagram joins.
 * :func:`compare_across_settings`: all of the above on a table, plus pairwise Wilcoxon tests with
@@ -56,6 +57,7 @@ __all__ = [
     "SeedSummary",
     "StatsInputError",
     "compare_across_settings",
+    "friedman_min_rows",
     "friedman_test",
     "holm",
     "mean_ci95",
@@ -730,15 +732,19 @@ class FriedmanResult(NamedTuple):
         statistic: Friedman's chi-square ``chi2_F = 12 N / (k (k+1)) * (sum_j R_j^2 - k (k+1)^2 / 4)``
             (Demšar 2006, eq. on p. 11), divided by the tie correction when it was asked for.
         pvalue: upper tail of chi-square with ``k - 1`` degrees of freedom.
-        iman_davenport_F: ``F_F = (N - 1) chi2_F / (N (k - 1) - chi2_F)``; +inf when every row ranks
-            the methods identically (``chi2_F = N (k - 1)``).
-        iman_davenport_pvalue: upper tail of F with ``(k - 1, (k - 1)(N - 1))`` degrees of freedom
-            (0 when ``F_F`` is infinite).
+        iman_davenport_F: ``F_F = (N - 1) chi2_F / (N (k - 1) - chi2_F)``; NaN when not computed.
+        iman_davenport_pvalue: upper tail of F with ``(k - 1, (k - 1)(N - 1))`` degrees of freedom;
+            NaN when not computed.
         average_ranks: ``[k]`` mean rank of each method over the rows (1 = best, ties averaged).
         ranks: ``[N, k]`` the ranks themselves.
         n: number of rows ``N``.
         k: number of methods.
         tie_correction: whether ``statistic`` was divided by ``1 - sum(t^3 - t) / (N k (k^2 - 1))``.
+        not_computed: ``""``, or why neither test was computed (``"not computed: ..."``): fewer
+            rows than :func:`friedman_min_rows`; ``statistic`` and every p-value are then NaN.
+        iman_davenport_not_computed: ``""``, or why ``F_F`` was not computed: every row ranks
+            the methods identically (``chi2_F = N (k - 1)``), which makes its denominator 0; or the
+            reason in ``not_computed``.
     """
 
     statistic: float
@@ -750,6 +756,8 @@ class FriedmanResult(NamedTuple):
     n: int
     k: int
     tie_correction: bool
+    not_computed: str = ""
+    iman_davenport_not_computed: str = ""
 
 
 def rank_rows(table, *, lower_is_better=False) -> np.ndarray:
@@ -797,7 +805,32 @@ def _rank_rows_iv(table, lower_is_better, name: str) -> tuple[np.ndarray, np.nda
     return array, lower
 
 
-def friedman_test(table, *, lower_is_better=False, tie_correction: bool = False) -> FriedmanResult:
+def friedman_min_rows(k: int, alpha: float = 0.05) -> int:
+    """The fewest rows (settings) on which Friedman's test of ``k`` methods can reject at ``alpha``.
+
+    The most extreme outcome, every row ranking the methods the same way, has the exact
+    probability ``(k!)^(1 - N)`` under the null hypothesis; with fewer rows than returned here
+    that probability exceeds ``alpha``, so no result could be significant (for ``k = 2``
+    Friedman's test is the sign test, and this is its minimum of 6 rows at alpha 0.05).
+
+    Example::
+
+        >>> friedman_min_rows(2), friedman_min_rows(3), friedman_min_rows(4)
+        (6, 3, 2)
+    """
+    _friedman_min_rows_iv(k, alpha)
+    needed = math.log(1.0 / alpha) / math.lgamma(k + 1)
+    return max(2, 1 + math.ceil(needed - 1e-9))
+
+
+def _friedman_min_rows_iv(k, alpha) -> None:
+    """Validate :func:`friedman_min_rows`'s inputs."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise ValueError(f"friedman_min_rows: received k={k!r}; expected an integer >= 2 (methods).")
+    _check_alpha(alpha, "friedman_min_rows")
+
+
+def friedman_test(table, *, lower_is_better=False, tie_correction: bool = False, alpha: float = 0.05) -> FriedmanResult:
     """Friedman's chi-square and the Iman-Davenport F over ranks, as in Demšar (2006) section 3.2.
 
     Demšar's formula has no correction for ties within a row (that is what his paper, Orange and
@@ -808,11 +841,17 @@ def friedman_test(table, *, lower_is_better=False, tie_correction: bool = False)
     Demšar notes that the chi-square approximation wants roughly ``N > 10`` and ``k > 5``; below
     that the p-values are approximate (the Iman-Davenport F is the less conservative of the two).
 
+    Not computed (NaN, with the reason in the result): both tests when there are fewer rows than
+    :func:`friedman_min_rows` (no outcome could be significant at ``alpha``); the Iman-Davenport F
+    when every row ranks the methods identically (``chi2_F = N (k - 1)`` makes its denominator
+    0). An infinite statistic is never returned.
+
     Args:
         table: array-like ``[N, k]`` of finite scores, ``N >= 2`` rows and ``k >= 2`` methods.
             Drop or impute missing cells first (see :func:`compare_across_settings`).
         lower_is_better: a bool, or one bool per row.
         tie_correction: divide by the tie correction (scipy's statistic).
+        alpha: the significance level that decides how many rows the tests need.
 
     Returns:
         FriedmanResult.
@@ -826,10 +865,19 @@ def friedman_test(table, *, lower_is_better=False, tie_correction: bool = False)
         >>> r.average_ranks.tolist(), r.statistic
         ([1.0, 2.25, 2.75], 6.5)
     """
-    array, lower = _friedman_test_iv(table, lower_is_better)
+    array, lower = _friedman_test_iv(table, lower_is_better, alpha)
     n, k = array.shape
     ranks = rank_rows(array, lower_is_better=lower)
     average = ranks.mean(axis=0)
+    needed = friedman_min_rows(k, alpha)
+    if n < needed:
+        reason = (
+            f"not computed: Friedman/Iman-Davenport need at least {needed} rows (settings) for k = {k} "
+            f"methods at alpha = {alpha:g}; have {n} (even the same ranking on every row has exact "
+            f"probability (k!)^(1-N) = {math.exp(-(n - 1) * math.lgamma(k + 1)):.2g} > alpha)"
+        )
+        nan = math.nan
+        return FriedmanResult(nan, nan, nan, nan, average, ranks, n, k, tie_correction, reason, reason)
     chi2 = 12.0 * n / (k * (k + 1)) * (float(np.sum(average**2)) - k * (k + 1) ** 2 / 4.0)
     chi2 = max(chi2, 0.0)  # rounding can give -1e-15 for all-tied tables
     if tie_correction:
@@ -838,16 +886,22 @@ def friedman_test(table, *, lower_is_better=False, tie_correction: bool = False)
         chi2 = chi2 / correction if correction > 0 else 0.0
     p_chi2 = float(_scipy_stats.chi2.sf(chi2, k - 1))
     denominator = n * (k - 1) - chi2
+    f_reason = ""
     if denominator <= 1e-12 * n * (k - 1):
-        f_stat, p_f = math.inf, 0.0
+        f_stat, p_f = math.nan, math.nan
+        f_reason = (
+            f"not computed: every row ranks the methods identically (chi2_F = N (k - 1) = {n * (k - 1)}), "
+            "which makes the Iman-Davenport F's denominator 0"
+        )
     else:
         f_stat = (n - 1) * chi2 / denominator
         p_f = float(_scipy_stats.f.sf(f_stat, k - 1, (k - 1) * (n - 1)))
-    return FriedmanResult(float(chi2), p_chi2, float(f_stat), p_f, average, ranks, n, k, tie_correction)
+    return FriedmanResult(float(chi2), p_chi2, float(f_stat), p_f, average, ranks, n, k, tie_correction, "", f_reason)
 
 
-def _friedman_test_iv(table, lower_is_better) -> tuple[np.ndarray, np.ndarray]:
+def _friedman_test_iv(table, lower_is_better, alpha) -> tuple[np.ndarray, np.ndarray]:
     """Validate :func:`friedman_test`'s inputs."""
+    _check_alpha(alpha, "friedman_test")
     array, lower = _rank_rows_iv(table, lower_is_better, "friedman_test")
     n, k = array.shape
     if n < 2 or k < 2:
@@ -1007,6 +1061,8 @@ class AcrossSettings(NamedTuple):
             "friedman_p": _json_float(self.friedman.pvalue),
             "iman_davenport_F": _json_float(self.friedman.iman_davenport_F),
             "iman_davenport_p": _json_float(self.friedman.iman_davenport_pvalue),
+            "friedman_not_computed": self.friedman.not_computed or None,
+            "iman_davenport_not_computed": self.friedman.iman_davenport_not_computed or None,
             "nemenyi_cd": _json_float(self.cd),
             "nemenyi_q_alpha": _json_float(self.q_alpha),
             "nemenyi_groups": [list(group) for group in self.groups],
@@ -1060,7 +1116,7 @@ def compare_across_settings(
     """
     frame, lower, dropped = _compare_across_settings_iv(table, lower_is_better, alpha)
     names = [str(c) for c in frame.columns]
-    result = friedman_test(frame.to_numpy(), lower_is_better=lower.to_numpy())
+    result = friedman_test(frame.to_numpy(), lower_is_better=lower.to_numpy(), alpha=alpha)
     k, n = result.k, result.n
     average = pd.Series(result.average_ranks, index=names).sort_values(kind="stable")
     ranks = pd.DataFrame(result.ranks, index=frame.index, columns=names)
@@ -1094,19 +1150,27 @@ def compare_across_settings(
     notes = []
     if dropped:
         notes.append(f"{len(dropped)} row(s) with missing cells dropped: {', '.join(dropped)}.")
-    if result.pvalue > alpha and result.iman_davenport_pvalue > alpha:
+    if result.not_computed:
         notes.append(
-            f"Neither Friedman's chi-square (p = {result.pvalue:.3g}) nor the Iman-Davenport F "
-            f"(p = {result.iman_davenport_pvalue:.3g}) rejects equal performance at alpha = {alpha}; "
-            "the post-hoc tests below are for information only."
+            f"Friedman's test was not computed (fewer than {friedman_min_rows(k, alpha)} rows); the average "
+            "ranks are descriptive and the post-hoc tests below are for information only."
         )
-    if n <= 10 or k <= 5:
-        notes.append(
-            f"With N = {n} rows and k = {k} methods the chi-square and F approximations are rough "
-            "(Demšar suggests N > 10 and k > 5)."
-        )
-    if math.isinf(result.iman_davenport_F):
-        notes.append("Every row ranks the methods identically: the Iman-Davenport F is infinite (p = 0).")
+    else:
+        computed = [p for p in (result.pvalue, result.iman_davenport_pvalue) if math.isfinite(p)]
+        if all(p > alpha for p in computed):
+            friedman = f"Friedman's chi-square (p = {result.pvalue:.3g})"
+            if math.isfinite(result.iman_davenport_pvalue):
+                verdict = f"Neither {friedman} nor the Iman-Davenport F (p = {result.iman_davenport_pvalue:.3g}) rejects"
+            else:
+                verdict = f"{friedman} does not reject"
+            notes.append(
+                f"{verdict} equal performance at alpha = {alpha}; the post-hoc tests below are for information only."
+            )
+        if n <= 10 or k <= 5:
+            notes.append(
+                f"With N = {n} rows and k = {k} methods the chi-square and F approximations are rough "
+                "(Demšar suggests N > 10 and k > 5)."
+            )
     return AcrossSettings(average, ranks, result, float(alpha), q_alpha, cd, groups, pairwise, tuple(dropped),
                           lower, tuple(notes))  # fmt: skip
 

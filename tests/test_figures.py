@@ -76,3 +76,14 @@ def test_figure_frames_need_their_columns():
         figures.steps_figure(pd.DataFrame({"label": [], "inner_steps": [], "mean": []}), metric="mse")
     with pytest.raises(ValueError, match=r"learning_curves_figure: the frame lacks column\(s\) \['run_id'\]"):
         figures.learning_curves_figure(pd.DataFrame({"label": [], "iteration": [], "loss": [], "metric": []}))
+
+
+def test_long_recipe_labels_keep_their_start_and_end_in_the_legend():
+    first = "maml (eval_inner_lr=0.3, first_order=true, inner_lr=0.2, +2) [a1a1a1a1]"
+    second = first.replace("[a1a1a1a1]", "[b2b2b2b2]")
+    steps = pd.DataFrame({"label": [first] * 2 + [second] * 2, "inner_steps": [0, 1] * 2,
+                          "mean": [0.2, 0.8, 0.2, 0.7], "ci95": [0.01] * 4})  # fmt: skip
+    legend = [t.get_text() for t in figures.steps_figure(steps, metric="accuracy").axes[0].get_legend().get_texts()]
+    assert len(set(legend)) == 2
+    assert all(text.startswith("maml (eval_inner_lr=0.3") and "\u2026" in text for text in legend)
+    assert legend[0].endswith("[a1a1a1a1]") and legend[1].endswith("[b2b2b2b2]")

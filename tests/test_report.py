@@ -3,6 +3,7 @@ per episode, classification and regression side by side, and only completed runs
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 
@@ -122,28 +123,31 @@ def test_markdown_header_and_ci_convention(store, tmp_path):
     assert markdown.startswith("# metabench leaderboard")
     assert re.search(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC from results store `.*results\.sqlite`", markdown)
     assert "9 completed run(s) (excluded: 1 failed, 1 interrupted, 1 running)" in markdown
-    assert "each episode's value is first averaged across the runs" in markdown
+    assert "each seed's per-episode values first (repeated runs of a seed count once" in markdown
+    assert "then each episode's value is averaged across the seeds" in markdown
     convention = [line for line in markdown.splitlines() if line.startswith("ci95 = 1.96 · s / √n")]
     assert len(convention) == 4  # one line under each table
     assert "ddof=0" in convention[0]
     for rows in _sections(markdown).values():
-        assert {"mean", "ci95", "inner steps", "episodes", "seeds", "runs", "fingerprint", "notes"} <= set(rows[0])
+        assert {"label", "recipe", "mean", "ci95", "inner steps", "episodes", "seeds", "fingerprint", "notes"} <= set(rows[0])
+        assert "runs" not in rows[0]  # seeds are counted, not runs
 
 
 def test_rows_best_first_with_seeds_averaged_per_episode(store, tmp_path):
     sections = _sections(write_leaderboard(store, tmp_path)[0].read_text())
     rows = sections["## omniglot 5-way 1-shot (test split, 15 queries)"]
-    assert [(r["algorithm"], r["mean"]) for r in rows] == [
+    # one recipe on two episode sets: the label names the set to stay unique in the setting
+    assert [(r["label"], r["mean"]) for r in rows] == [
         ("maml++", "75.00"),
-        ("maml", "68.75"),
+        ("maml [f1f1f1f1]", "68.75"),
         ("baseline\\|ft", "50.00"),
-        ("maml", "25.00"),
+        ("maml [f2f2f2f2]", "25.00"),
     ]
     maml = rows[1]
     # per-episode means over the two seeds: [0.5, 1.0, 0.5, 0.75]; mean 0.6875, std0 0.2072890,
     # ci95 = 1.96 * 0.2072890 / 2 = 0.2031433 -> 20.31 percentage points
     assert maml["ci95"] == "20.31"
-    assert (maml["seeds"], maml["runs"], maml["episodes"], maml["inner steps"]) == ("2", "2", "4", "5")
+    assert (maml["seeds"], maml["episodes"], maml["inner steps"]) == ("2", "4", "5")
     assert (maml["dataset"], maml["ways"], maml["shots"], maml["queries"]) == ("omniglot", "5", "1", "15")
     assert maml["metric"] == "accuracy (%)"
     assert maml["fingerprint"] == F1[:12]
@@ -156,7 +160,7 @@ def test_regression_rows_lowest_mse_first_with_four_significant_digits(store, tm
     sections = _sections(write_leaderboard(store, tmp_path)[0].read_text())
     rows = sections["## sinusoid 5-shot (test split, 10 queries)"]
     # maml: mean 0.5, std0 sqrt(0.005) = 0.0707107, ci95 = 1.96 * 0.0707107 / 2 = 0.0692965
-    assert [(r["algorithm"], r["metric"], r["mean"], r["ci95"]) for r in rows] == [
+    assert [(r["label"], r["metric"], r["mean"], r["ci95"]) for r in rows] == [
         ("maml", "mse", "0.5000", "0.06930"),
         ("pretrain", "mse", "2.000", "0.000"),
     ]
@@ -170,7 +174,7 @@ def test_unfinished_runs_never_appear(store, tmp_path):
     for algorithm in ("crashed", "stopped", "ongoing"):
         assert algorithm not in markdown and algorithm not in csv
     top = _sections(markdown)["## omniglot 5-way 1-shot (test split, 15 queries)"][0]
-    assert top["algorithm"] == "maml++"  # the unfinished runs' perfect scores are not counted
+    assert top["label"] == "maml++"  # the unfinished runs' perfect scores are not counted
 
 
 def test_csv_keeps_raw_numbers_and_full_fingerprints(store, tmp_path):
@@ -182,7 +186,8 @@ def test_csv_keeps_raw_numbers_and_full_fingerprints(store, tmp_path):
     assert maml["ci95"] == pytest.approx(0.2031433, abs=1e-7)
     assert maml["mean_percent"] == pytest.approx(68.75)
     assert maml["ci95_percent"] == pytest.approx(20.31433, abs=1e-5)
-    assert (maml["seeds"], maml["runs"], maml["episodes"], maml["inner_steps"]) == (2, 2, 4, 5)
+    assert (maml["seeds"], maml["episodes"], maml["inner_steps"]) == (2, 4, 5)
+    assert maml["label"] == "maml [f1f1f1f1]" and len(maml["recipe_hash"]) == 64
     assert "baseline|ft" in set(table["algorithm"])
     sinusoid = table[table["dataset"] == "sinusoid"]
     assert list(sinusoid["algorithm"]) == ["maml", "pretrain"]
@@ -197,7 +202,7 @@ def test_pipes_in_user_strings_are_escaped_in_markdown_only(tmp_path):
     markdown = md_path.read_text()
     assert "## omni\\|glot 5-way 1-shot" in markdown
     row = _sections(markdown)["## omni\\|glot 5-way 1-shot (test split, 15 queries)"][0]
-    assert (row["algorithm"], row["dataset"], row["notes"]) == ("a\\|b", "omni\\|glot", "mode: x\\|y")
+    assert (row["label"], row["dataset"], row["notes"]) == ("a\\|b", "omni\\|glot", "mode: x\\|y")
     assert pd.read_csv(csv_path)["algorithm"].iloc[0] == "a|b"
 
 
@@ -236,3 +241,141 @@ def test_runs_covering_different_episodes_use_the_shared_ones_and_say_so(tmp_pat
     assert row["mean"] == pytest.approx(0.5)  # per-episode means [0.5, 0.5, 0.5]
     assert "runs cover different episodes; 3 shared of 4" in row["notes"]
     assert "cover different episodes" in caplog.text
+
+
+# ----------------------------------------------------------------------------- one row per recipe
+
+
+def _config(seed=0, *, label="", image_size=28, evaluation_seed=1, **algorithm) -> dict:
+    """A config as the runner stores it (the parts a recipe is made of), MAML by default."""
+    return {
+        "name": f"run-{seed}", "label": label, "seed": seed, "backend": "tensorflow",
+        "dataset": {"name": "omniglot", "image_size": image_size},
+        "model": {"name": "conv4", "filters": 64},
+        "algorithm": {"name": "maml", "inner_lr": 0.4, "inner_steps": 1, "first_order": False, **algorithm},
+        "train": {"meta_iterations": 300, "log_every": 50},
+        "evaluation": {"seed": evaluation_seed, "episodes": 4, "inner_steps": [0, 5]},
+    }  # fmt: skip
+
+
+def _add_config(store: ResultsStore, config: dict, evaluation: Evaluation) -> str:
+    info = RunInfo(config["algorithm"]["name"], config["dataset"]["name"], config["seed"], config,
+                   f"{config['seed']:064x}", "tensorflow", "CPU", {"keras": "3.5.0"})  # fmt: skip
+    run_id = store.start_run(info)
+    store.complete_run(run_id, [evaluation], [CurvePoint(1, 1.0, 0.5, 0.1)], {"total_s": 1.0})
+    return run_id
+
+
+def _rows(tmp_path, runs) -> pd.DataFrame:
+    """The leaderboard CSV of a store holding ``runs`` (``(config, evaluation)`` pairs)."""
+    with ResultsStore(tmp_path / "recipes.sqlite") as store:
+        for config, evaluation in runs:
+            _add_config(store, config, evaluation)
+        md_path, csv_path = write_leaderboard(store, tmp_path / "out")
+    return pd.read_csv(csv_path, keep_default_na=False, na_values=[""])
+
+
+def test_maml_and_fomaml_are_two_rows_labelled_by_what_sets_them_apart(tmp_path):
+    table = _rows(tmp_path, [(_config(0), _accuracy([1.0, 0.8, 0.6, 0.4])),
+                             (_config(0, first_order=True), _accuracy([0.6, 0.6, 0.4, 0.4]))])  # fmt: skip
+    assert len(table) == 2  # never one `maml` row with two runs
+    assert list(table["label"]) == ["maml (first_order=false)", "maml (first_order=true)"]
+    assert list(table["algorithm"]) == ["maml", "maml"] and list(table["seeds"]) == [1, 1]
+    assert table["recipe_hash"].nunique() == 2
+    assert list(table["mean"]) == pytest.approx([0.7, 0.5])  # each its own mean, not 0.6 pooled
+    assert list(table["vs_best"]) == ["best", "not significantly different"]  # paired: same episode set
+    markdown = (tmp_path / "out" / "leaderboard.md").read_text()
+    rows = _sections(markdown)["## omniglot 5-way 1-shot (test split, 15 queries)"]
+    assert [(r["label"], r["recipe"]) for r in rows] == [(label, h[:12]) for label, h in zip(table["label"], table["recipe_hash"])]
+
+
+def test_three_seeds_of_one_config_are_one_row_with_seeds_3(tmp_path):
+    seeds = {0: [1.0, 0.5, 0.5, 1.0], 1: [0.5, 0.5, 1.0, 1.0], 2: [0.0, 1.0, 0.5, 0.5]}
+    table = _rows(tmp_path, [(_config(seed), _accuracy(values)) for seed, values in seeds.items()])
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["label"], row["seeds"], row["episodes"]) == ("maml", 3, 4)
+    assert row["mean"] == pytest.approx(np.mean(list(seeds.values())))
+    assert row["seed_std"] == pytest.approx(np.std([np.mean(v) for v in seeds.values()], ddof=1))
+    assert "runs" not in table.columns
+
+
+def test_two_inner_learning_rates_give_two_labelled_rows(tmp_path):
+    table = _rows(tmp_path, [(_config(seed, inner_lr=lr), _accuracy([0.5 + lr] * 4)) for lr in (0.1, 0.4) for seed in (0, 1)])
+    assert list(table["label"]) == ["maml (inner_lr=0.4)", "maml (inner_lr=0.1)"]
+    assert list(table["seeds"]) == [2, 2]
+
+
+def test_a_config_label_names_its_row(tmp_path):
+    table = _rows(tmp_path, [(_config(0), _accuracy([0.5] * 4)),
+                             (_config(0, label="mine", first_order=True), _accuracy([0.9] * 4))])  # fmt: skip
+    assert list(table["label"]) == ["mine", "maml"]  # the only unlabelled maml recipe needs no keys
+    assert list(table["algorithm"]) == ["maml", "maml"]
+
+
+def test_labels_name_keys_shared_by_two_tables_in_full(tmp_path):
+    table = _rows(tmp_path, [(_config(0, inner_steps=5), _accuracy([0.7] * 4)),  # evaluation has inner_steps too
+                             (_config(0, evaluation_seed=2), _accuracy([0.8] * 4, fingerprint=F2))])  # fmt: skip
+    # "seed" alone would read as the training seed, which is no part of a recipe
+    assert list(table["label"]) == [
+        "maml (algorithm.inner_steps=1, evaluation.seed=2)",
+        "maml (algorithm.inner_steps=5, evaluation.seed=1)",
+    ]
+
+
+def test_labels_show_at_most_three_keys_then_how_many_more(tmp_path):
+    table = _rows(tmp_path, [(_config(0), _accuracy([0.5] * 4)),
+                             (_config(0, inner_lr=0.2, first_order=True, inner_steps=2, eval_inner_lr=0.3), _accuracy([0.9] * 4))])  # fmt: skip
+    assert list(table["label"]) == [
+        "maml (eval_inner_lr=0.3, first_order=true, inner_lr=0.2, +1)",  # + algorithm.inner_steps=2
+        "maml (first_order=false, inner_lr=0.4, algorithm.inner_steps=1)",  # the key it lacks is not shown
+    ]
+
+
+def test_labels_stay_unique_in_a_setting_by_the_recipe_hash(tmp_path):
+    table = _rows(tmp_path, [(_config(0, label="mine"), _accuracy([0.5] * 4)),
+                             (_config(0, label="mine", inner_lr=0.1), _accuracy([0.6] * 4)),
+                             (_config(0, first_order=True), _accuracy([0.7] * 4))])  # fmt: skip
+    assert list(table["label"]) == ["maml", *(f"mine #{h[:8]}" for h in table["recipe_hash"].iloc[1:])]
+    assert table["label"].is_unique and table["recipe_hash"].is_unique  # labelled recipes are not compared
+
+
+def test_a_seed_run_twice_with_identical_results_counts_once(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="metabench.harness.report"):
+        table = _rows(tmp_path, [(_config(0), _accuracy([1.0, 1.0, 1.0, 1.0])),
+                                 (_config(0), _accuracy([1.0, 1.0, 1.0, 1.0])),
+                                 (_config(1), _accuracy([0.0, 0.5, 0.5, 0.0]))])  # fmt: skip
+    row = table.iloc[0]
+    assert row["seeds"] == 2
+    assert row["mean"] == pytest.approx(0.625)  # (1.0 + 0.25) / 2 per seed, not (1 + 1 + 0.25) / 3 per run
+    assert pd.isna(row["notes"]) and "eterminism" not in caplog.text
+
+
+def test_a_seed_run_twice_with_different_results_is_a_determinism_failure(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="metabench.harness.report"):
+        table = _rows(tmp_path, [(_config(0), _accuracy([1.0, 1.0, 0.5, 0.5])),
+                                 (_config(0), _accuracy([1.0, 0.5, 0.5, 0.5]))])  # fmt: skip
+    row = table.iloc[0]
+    assert (row["seeds"], row["episodes"]) == (1, 4)
+    assert "determinism failure: seed 0 ran 2x with different results" in row["notes"]
+    assert row["mean"] == pytest.approx(0.6875)  # the repeats averaged, still one seed
+    assert "Determinism failure: maml on omniglot" in caplog.text and "seed 0 ran 2 times" in caplog.text
+
+
+def test_28_and_14_pixel_results_are_never_pooled_or_paired(tmp_path):
+    f28, f14 = "28" * 32, "14" * 32  # the fingerprints cover the image size, so they differ
+    runs = [(_config(seed, image_size=28), _accuracy([0.9, 0.8, 0.9, 0.8], fingerprint=f28)) for seed in (0, 1)]
+    runs += [(_config(seed, image_size=14), _accuracy([0.6, 0.5, 0.6, 0.5], fingerprint=f14)) for seed in (0, 1)]
+    with ResultsStore(tmp_path / "px.sqlite") as store:
+        for config, evaluation in runs:
+            _add_config(store, config, evaluation)
+        from metabench.harness.report import build_report
+
+        report = build_report(store)
+    table = report.table
+    assert list(table["label"]) == ["maml (image_size=28)", "maml (image_size=14)"]
+    assert list(table["seeds"]) == [2, 2] and list(table["fingerprint"]) == [f28, f14]
+    assert list(table["vs_best"]) == ["best", "not paired: other episode set"]
+    (pair,) = report.pairs.to_dict("records")
+    assert pair["note"].startswith("not paired: different episode sets") and math.isnan(pair["wilcoxon_p"])
+    assert (pair["a"], pair["b"]) == ("maml (image_size=28) [28282828]", "maml (image_size=14) [14141414]")

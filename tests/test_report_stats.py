@@ -218,3 +218,103 @@ def test_report_command_writes_the_report_and_reproduction(store, tmp_path, caps
     assert (tmp_path / "out" / "reproduction.md").is_file()
     assert main(["report", "--store", str(tmp_path / "missing.sqlite")]) == 2
     assert "no results store" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- recipes, steps, too few settings
+
+
+def _recipe(seed=0, **algorithm) -> dict:
+    return {"seed": seed, "algorithm": {"name": "maml", "first_order": False, "inner_lr": 0.4, **algorithm},
+            "train": {"meta_iterations": 300}}  # fmt: skip
+
+
+def test_paired_tests_only_between_recipes_on_the_same_episode_set(tmp_path):
+    with ResultsStore(tmp_path / "r.sqlite") as opened:
+        _add(opened, "maml", "omniglot", _evaluation(BEST), config=_recipe())
+        _add(opened, "maml", "omniglot", _evaluation(CLOSE), config=_recipe(first_order=True))
+        _add(opened, "maml", "omniglot", _evaluation(WORSE, fingerprint=F2), config=_recipe(inner_lr=0.1))
+        report = build_report(opened)
+    assert list(report.table["label"]) == [
+        "maml (first_order=false, inner_lr=0.4)", "maml (first_order=true, inner_lr=0.4)",
+        "maml (first_order=false, inner_lr=0.1)",
+    ]  # fmt: skip
+    pairs = report.pairs
+    tested = pairs[pairs["wilcoxon_p"].notna()]
+    assert len(pairs) == 3 and len(tested) == 1
+    assert (tested["fingerprint_a"] == tested["fingerprint_b"]).all() and tested["recipe_a"].ne(tested["recipe_b"]).all()
+    assert pairs.loc[pairs["wilcoxon_p"].isna(), "note"].str.startswith("not paired: different episode sets").all()
+    # training curves: one colour per recipe
+    assert set(report.curves["label"]) == set(report.table["label"])
+
+
+def test_a_pair_at_different_inner_steps_says_so_in_its_row(tmp_path):
+    with ResultsStore(tmp_path / "r.sqlite") as opened:
+        _add(opened, "maml", "omniglot", _evaluation(BEST, steps=(0, 1), headline=1))
+        _add(opened, "baseline", "omniglot", _evaluation(WORSE, steps=(0, 1, 10), headline=10))
+        write_report(opened, tmp_path / "out")
+        report = build_report(opened)
+    (pair,) = report.pairs.to_dict("records")
+    assert (pair["a"], pair["b"], pair["inner_steps_a"], pair["inner_steps_b"]) == ("maml", "baseline", 1, 10)
+    assert pair["note"].startswith("steps 1 vs 10: at different inner-step counts; --steps N compares at equal ones")
+    assert math.isfinite(pair["wilcoxon_p"])  # still tested, but never silently
+    baseline = report.table.set_index("label").loc["baseline"]
+    assert "vs best at steps 10 vs 1 (this row vs the best)" in baseline["notes"]
+    markdown = (tmp_path / "out" / "leaderboard.md").read_text()
+    pair_row = next(line for line in markdown.splitlines() if line.startswith("| maml ") and "| baseline " in line)
+    assert "| 1 vs 10 " in pair_row and "steps 1 vs 10" in pair_row
+    assert "1 vs 10" in (tmp_path / "out" / "leaderboard.html").read_text()
+    assert list(pd.read_csv(tmp_path / "out" / "comparisons.csv")[["inner_steps_a", "inner_steps_b"]].iloc[0]) == [1, 10]
+
+
+def test_steps_option_compares_every_recipe_at_the_same_inner_step(tmp_path, caplog, capsys):
+    with ResultsStore(tmp_path / "r.sqlite") as opened:
+        _add(opened, "maml", "omniglot", _evaluation(BEST, steps=(0, 1), headline=1))
+        _add(opened, "baseline", "omniglot", _evaluation(WORSE, steps=(0, 1, 10), headline=10))
+        _add(opened, "reptile", "omniglot", _evaluation(CLOSE, steps=(0, 3), headline=3))  # never recorded step 1
+        with caplog.at_level("WARNING", logger="metabench.harness.report"):
+            report = build_report(opened, steps=1)
+        path = opened.path
+    assert set(report.table["label"]) == {"maml", "baseline"} and set(report.table["inner_steps"]) == {1}
+    baseline = report.table.set_index("label").loc["baseline"]
+    assert baseline["mean"] == pytest.approx(float(np.mean(np.clip(WORSE - 0.9, 0, 1))))  # its step-1 values
+    (pair,) = report.pairs.to_dict("records")
+    assert (pair["inner_steps_a"], pair["inner_steps_b"]) == (1, 1) and "steps" not in pair["note"]
+    assert report.compared_at == 1 and len(report.left_out) == 1
+    assert report.left_out[0].startswith("reptile (recipe ") and "recorded inner steps [0, 3], not 1" in report.left_out[0]
+    assert "Left out of the comparison at inner step 1: reptile" in caplog.text
+    out = tmp_path / "out"
+    assert main(["report", "--store", str(path), "--out", str(out), "--steps", "1"]) == 0
+    markdown = (out / "leaderboard.md").read_text()
+    assert "every row reports inner step 1 (metabench report --steps 1)" in markdown
+    assert "Left out (inner step 1 not recorded): reptile" in markdown
+    assert set(pd.read_csv(out / "leaderboard.csv")["inner_steps"]) == {1}
+    capsys.readouterr()
+    assert main(["report", "--store", str(path), "--out", str(out), "--steps", "-1"]) == 2
+    assert "received --steps -1; expected an inner-step count >= 0" in capsys.readouterr().err
+    with ResultsStore(path) as opened:
+        assert build_report(opened, steps=7).table.empty
+        assert "No completed run recorded inner step 7" in write_leaderboard(opened, out, steps=7)[0].read_text()
+
+
+def test_two_settings_say_not_computed_never_inf(tmp_path):
+    with ResultsStore(tmp_path / "r.sqlite") as opened:
+        for shots, fingerprint in ((1, F1), (5, F2)):  # both settings rank the two recipes alike: F_F used to be inf
+            _add(opened, "maml", "omniglot", _evaluation(BEST, shots=shots, fingerprint=fingerprint), config=_recipe())
+            _add(opened, "maml", "omniglot", _evaluation(WORSE, shots=shots, fingerprint=fingerprint),
+                 config=_recipe(first_order=True))  # fmt: skip
+        write_report(opened, tmp_path / "out")
+        report = build_report(opened)
+    assert report.across is not None and report.across.friedman.n == 2
+    assert list(report.across.average_ranks.index) == ["maml (first_order=false)", "maml (first_order=true)"]
+    reason = "not computed: Friedman/Iman-Davenport need at least 6 rows (settings) for k = 2 methods at alpha = 0.05; have 2"
+    out = tmp_path / "out"
+    markdown = (out / "leaderboard.md").read_text()
+    across = markdown[markdown.index("## Average ranks across settings"):]
+    assert reason in across and "F_F =" not in across and "Friedman chi-square =" not in across
+    assert not re.search(r"\binf\b", across)
+    tex = (out / "leaderboard.tex").read_text()
+    assert "not computed" in tex and "\\infty" not in tex and "F_F =" not in tex
+    assert reason in (out / "leaderboard.html").read_text()
+    payload = json.loads((out / "across_settings.json").read_text())
+    assert payload["friedman_chi2"] is None and payload["iman_davenport_F"] is None
+    assert payload["friedman_not_computed"].startswith(reason)

@@ -223,3 +223,30 @@ def test_an_empty_store_says_so(tmp_path):
     with ResultsStore(tmp_path / "r.sqlite") as opened:
         text = write_reproduction(opened, tmp_path).read_text()
     assert "No completed runs in this store yet" in text
+
+
+def test_recipes_are_compared_apart_and_seeds_pooled_per_recipe(tmp_path):
+    def add(seed, first_order, mean):
+        config = {"seed": seed, "dataset": {"name": "omniglot"}, "algorithm": {"name": "maml", "first_order": first_order},
+                  "train": {"meta_iterations": 300}}  # fmt: skip
+        run_id = opened.start_run(RunInfo("maml", "omniglot", seed, config, f"{seed:064x}", "tensorflow", "CPU", {}))
+        opened.complete_run(run_id, [_omniglot(mean)], [CurvePoint(1, 1.0, 0.5, 0.1)], {})
+
+    with ResultsStore(tmp_path / "r.sqlite") as opened:
+        add(0, False, 0.985)
+        add(1, False, 0.975)
+        add(1, False, 0.975)  # seed 1 again, identical: counted once
+        add(0, True, 0.90)
+        add(0, True, 0.91)  # seed 0 of FOMAML again, different: a determinism failure
+        compared, _ = reproduction_table(opened.episode_metrics(), opened.runs(), load_published())
+        text = write_reproduction(opened, tmp_path).read_text()
+    rows = compared[(compared["ways"] == 5) & (compared["shots"] == 1) & (compared["paper_algorithm"] == "MAML")]
+    rows = rows.set_index("label")
+    assert list(rows.index) == ["maml (first_order=false)", "maml (first_order=true)"]
+    assert rows["recipe_hash"].nunique() == 2
+    assert rows.loc["maml (first_order=false)", "seeds"] == 2
+    assert rows.loc["maml (first_order=false)", "ours_mean"] == pytest.approx(98.0)  # (98.5 + 97.5) / 2 per seed
+    assert rows.loc["maml (first_order=true)", "seeds"] == 1
+    assert rows.loc["maml (first_order=true)", "ours_mean"] == pytest.approx(90.5)
+    assert "determinism failure: seed 0 ran 2x with different results" in rows.loc["maml (first_order=true)", "protocol_differences"]
+    assert "| maml (first_order=true) " in text and rows.loc["maml (first_order=true)", "recipe_hash"][:12] in text

@@ -17,6 +17,7 @@ from metabench.harness.stats import (
     FriedmanResult,
     StatsInputError,
     compare_across_settings,
+    friedman_min_rows,
     friedman_test,
     holm,
     nemenyi_cd,
@@ -84,12 +85,55 @@ def test_friedman_with_ties_follows_demsar_or_scipy_by_choice():
 
 
 def test_friedman_edge_cases_all_tied_and_identical_rankings():
-    tied = friedman_test([[0.5, 0.5], [0.7, 0.7]])
+    tied = friedman_test([[0.5, 0.5], [0.7, 0.7]] * 3)  # 6 rows: as many as k = 2 methods need
     assert (tied.statistic, tied.pvalue, tied.iman_davenport_F, tied.iman_davenport_pvalue) == (0.0, 1.0, 0.0, 1.0)
-    assert friedman_test([[0.5, 0.5], [0.7, 0.7]], tie_correction=True).statistic == 0.0
-    same = friedman_test([[3, 2, 1], [30, 20, 10]])  # chi2 = N (k - 1): F_F infinite
-    assert same.statistic == pytest.approx(4.0)
-    assert (same.iman_davenport_F, same.iman_davenport_pvalue) == (math.inf, 0.0)
+    assert (tied.not_computed, tied.iman_davenport_not_computed) == ("", "")
+    assert friedman_test([[0.5, 0.5], [0.7, 0.7]] * 3, tie_correction=True).statistic == 0.0
+    same = friedman_test([[3, 2, 1], [30, 20, 10], [0.3, 0.2, 0.1]])  # chi2 = N (k - 1): F_F's denominator is 0
+    assert same.statistic == pytest.approx(6.0) and same.pvalue == pytest.approx(math.exp(-3.0))
+    assert math.isnan(same.iman_davenport_F) and math.isnan(same.iman_davenport_pvalue)  # never inf
+    assert same.not_computed == ""
+    assert same.iman_davenport_not_computed.startswith(
+        "not computed: every row ranks the methods identically (chi2_F = N (k - 1) = 6)"
+    )
+
+
+@pytest.mark.parametrize(("k", "alpha", "rows"), [(2, 0.05, 6), (3, 0.05, 3), (4, 0.05, 2), (10, 0.05, 2), (2, 0.10, 5),
+                                                  (3, 0.01, 4)])  # fmt: skip
+def test_friedman_min_rows_is_where_the_most_extreme_outcome_becomes_significant(k, alpha, rows):
+    assert friedman_min_rows(k, alpha) == rows
+    extreme = math.factorial(k) ** (1 - rows)  # exact probability that every row ranks the methods alike
+    assert extreme <= alpha
+    if rows > 2:
+        assert math.factorial(k) ** (2 - rows) > alpha  # one row fewer cannot reject
+    with pytest.raises(ValueError, match=r"friedman_min_rows: received k=1; expected an integer >= 2"):
+        friedman_min_rows(1)
+
+
+@pytest.mark.parametrize("table", [[[3, 2], [30, 20]], [[1, 2, 3], [3, 2, 1]], [[1, 2]] * 5])
+def test_friedman_with_too_few_rows_is_not_computed_and_says_why(table):
+    result = friedman_test(table)
+    n, k = len(table), len(table[0])
+    numbers = (result.statistic, result.pvalue, result.iman_davenport_F, result.iman_davenport_pvalue)
+    assert all(math.isnan(x) for x in numbers)
+    assert result.not_computed == result.iman_davenport_not_computed
+    assert result.not_computed.startswith(
+        f"not computed: Friedman/Iman-Davenport need at least {friedman_min_rows(k)} rows (settings) for k = {k} "
+        f"methods at alpha = 0.05; have {n}"
+    )
+    assert result.average_ranks.shape == (k,) and (result.n, result.k) == (n, k)  # the ranks stay
+
+
+def test_two_settings_are_not_computed_in_every_output_never_inf():
+    table = pd.DataFrame([[0.9, 0.8], [0.7, 0.6]], index=["s1", "s2"], columns=["maml", "fomaml"])  # alike: F_F was inf
+    result = compare_across_settings(table)
+    payload = result.as_dict()
+    json.dumps(payload, allow_nan=False)
+    assert payload["friedman_chi2"] is None and payload["iman_davenport_F"] is None
+    assert payload["friedman_not_computed"].startswith("not computed: Friedman/Iman-Davenport need at least 6 rows")
+    assert any("Friedman's test was not computed (fewer than 6 rows)" in note for note in result.notes)
+    assert not any("inf" in note.split() for note in result.notes)
+    assert list(result.average_ranks.index) == ["maml", "fomaml"]
 
 
 def test_friedman_needs_two_rows_and_two_methods():

@@ -15,8 +15,10 @@ def register(commands) -> None:
         description=(
             "Write OUT/leaderboard.md, .csv, .tex and .html (self-contained), comparisons.csv, "
             "across_settings.json and OUT/figures/ (CD diagram, metric vs inner steps, meta-training "
-            "curves) from the completed runs of the store. With --reproduction also OUT/reproduction.md: "
-            "our results beside the published numbers they reproduce."
+            "curves) from the completed runs of the store: one row per recipe (config without its seed) "
+            "and episode set, seeds pooled. With --steps N every recipe is compared at inner step N instead "
+            "of its headline count. With --reproduction also OUT/reproduction.md: our results beside the "
+            "published numbers they reproduce."
         ),
     )
     report.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default: {DEFAULT_STORE})")
@@ -25,6 +27,9 @@ def register(commands) -> None:
     report.add_argument("--published", metavar="TOML",
                         help="published numbers for --reproduction (default: the shipped published_results.toml)")
     report.add_argument("--alpha", type=float, default=0.05, help="significance level of the tests (default: 0.05)")
+    report.add_argument("--steps", type=int, metavar="N",
+                        help="compare every recipe at inner step N, not its headline count; recipes that did not "
+                             "record N are left out (and named)")
     report.set_defaults(handler=_report)
 
 
@@ -38,6 +43,9 @@ def _report(args) -> int:
     if not 0.0 < args.alpha < 1.0:
         print(f"metabench: error: received --alpha {args.alpha}; expected a significance level strictly between 0 and 1, e.g. 0.05.", file=sys.stderr)
         return 2
+    if args.steps is not None and args.steps < 0:
+        print(f"metabench: error: received --steps {args.steps}; expected an inner-step count >= 0, e.g. --steps 5.", file=sys.stderr)
+        return 2
     published = None
     if args.reproduction:
         from metabench.harness.reproduction import PublishedResultsError, load_published
@@ -48,7 +56,9 @@ def _report(args) -> int:
             print(f"metabench: error: {error}", file=sys.stderr)
             return 2
     with ResultsStore(args.store) as store:
-        paths = write_report(store, args.out, alpha=float(args.alpha), reproduction=args.reproduction, published=published)
+        paths = write_report(
+            store, args.out, alpha=float(args.alpha), reproduction=args.reproduction, published=published, steps=args.steps
+        )
     for path in paths:
         print(path)
     return 0

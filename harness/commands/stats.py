@@ -2,8 +2,9 @@
 
 Rows of the CSV are settings (or data sets), columns methods, the first column the row names
 (see :func:`metabench.harness.stats.read_results_table` for what a cell may hold). Prints the
-average ranks, Friedman's chi-square, the Iman-Davenport F, the Nemenyi critical difference and
-the pairwise Wilcoxon table (Holm-corrected); ``--json`` prints the same numbers as JSON;
+average ranks, Friedman's chi-square, the Iman-Davenport F (or "not computed" and why: too few
+rows, or identical rankings on every row), the Nemenyi critical difference and the pairwise
+Wilcoxon table (Holm-corrected); ``--json`` prints the same numbers as JSON;
 ``--out DIR`` also writes ``stats.json``, ``stats.md`` and the critical-difference diagram
 (``cd_diagram.svg`` and ``.png``). Rows with missing cells are dropped with a warning. A malformed
 table is an error (exit status 2) that names the line, row or column to fix.
@@ -64,7 +65,7 @@ def _print_tables(result, args) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from metabench.harness.report import across_pair_cells, across_summary_lines
+    from metabench.harness.report import across_pair_cells, nemenyi_lines
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # no wrapping when piped
     friedman = result.friedman
@@ -79,14 +80,17 @@ def _print_tables(result, args) -> None:
     summary.add_column("statistic")
     summary.add_column("value", justify="right")
     summary.add_column("p", justify="right")
-    summary.add_row(f"Friedman chi-square (df = {friedman.k - 1})", f"{friedman.statistic:.4f}", _p(friedman.pvalue))
-    ff = "inf" if math.isinf(friedman.iman_davenport_F) else f"{friedman.iman_davenport_F:.4f}"
+    chi2 = "not computed" if friedman.not_computed else f"{friedman.statistic:.4f}"
+    summary.add_row(f"Friedman chi-square (df = {friedman.k - 1})", chi2, _p(friedman.pvalue))
+    ff = "not computed" if friedman.iman_davenport_not_computed else f"{friedman.iman_davenport_F:.4f}"
     summary.add_row(f"Iman-Davenport F_F (df = {friedman.k - 1}, {(friedman.k - 1) * (friedman.n - 1)})", ff,
                     _p(friedman.iman_davenport_pvalue))  # fmt: skip
     summary.add_row("Nemenyi q_alpha", f"{result.q_alpha:.4f}", "")
     summary.add_row("Nemenyi critical difference CD", f"{result.cd:.4f}", "")
     console.print(summary)
-    for line in across_summary_lines(result)[3:]:
+    for reason in dict.fromkeys(r for r in (friedman.not_computed, friedman.iman_davenport_not_computed) if r):
+        console.print(reason if reason == friedman.not_computed else f"Iman-Davenport F_F: {reason}")
+    for line in nemenyi_lines(result)[1:]:
         console.print(line)
     pairs = Table(title="Pairwise: Nemenyi on average ranks; Wilcoxon signed-rank over rows, Holm-corrected")
     for column in ("A", "B", "rank difference", "Nemenyi", "wins / ties / losses of A", "Wilcoxon p (Holm)", "result"):
