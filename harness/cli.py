@@ -37,11 +37,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _parser() -> argparse.ArgumentParser:
     from metabench.harness.commands import baseline, bench, check, episodes, listing, report, run, stats, sweep
-    from metabench.harness.commands import bundles
+    from metabench.harness.commands import bundles, reproduce
 
     parser = argparse.ArgumentParser(prog="metabench", description="Benchmark few-shot meta-learning on fixed, fingerprinted episodes.")
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in (run, report, stats, sweep, check, baseline, bench, episodes, listing, bundles):
+    for command in (run, report, stats, sweep, check, baseline, bench, episodes, listing, bundles, reproduce):
         command.register(commands)
     return parser
 

@@ -73,7 +73,7 @@ def render_html(report: Report, svgs: dict | None = None) -> str:
     body = [
         "<h1>metabench leaderboard</h1>",
         (
-            f"<p class=\"meta\">Generated {e(report.generated)} from results store <code>{e(report.store_path)}</code>: "
+            f"<p class=\"meta\">Results as of {e(report.generated)} (the newest completed run), from <code>{e(report.store_path)}</code>: "
             f"{counts.get('completed', 0)} completed run(s) (excluded: {e(excluded)}).</p>"
         ),
         f"<p>{e(ROW_TEXT)}</p>",

@@ -135,8 +135,9 @@ class Report:
     """Everything a report shows, computed once from a store (see :func:`build_report`).
 
     Attributes:
-        store_path: the store read.
-        generated: UTC time of the computation, ``"YYYY-mm-dd HH:MM:SS UTC"``.
+        store_path: where the runs came from (the store's path, or the bundles' folder).
+        generated: finish time of the newest completed run, ``"YYYY-mm-dd HH:MM:SS UTC"`` (see
+            :func:`results_as_of`).
         run_counts: run status -> number of runs in the store.
         alpha: significance level used.
         table: leaderboard rows, columns :data:`LEADERBOARD_COLUMNS`, settings in order, best first.
@@ -179,6 +180,7 @@ def write_report(
     reproduction: bool = False,
     published=None,
     steps: int | None = None,
+    source: str | None = None,
 ) -> list[Path]:
     """Write the full report to ``out_dir``; returns the paths written.
 
@@ -199,6 +201,7 @@ def write_report(
             format, or ``None`` for the shipped copy.
         steps: compare every recipe at this inner-step count instead of its headline one
             (recipes that did not record it are left out, see :func:`build_report`).
+        source: how the files name where the runs came from (default: the store's path).
 
     Figures and ``across_settings.json`` left in ``out_dir`` by an earlier report are removed
     first, so a figure never outlives the results it showed.
@@ -208,7 +211,7 @@ def write_report(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = build_report(store, alpha=alpha, steps=steps)
+    report = build_report(store, alpha=alpha, steps=steps, source=source)
     _remove_stale_outputs(out_dir)
     written: list[Path] = []
     figure_paths: dict = {}
@@ -253,7 +256,7 @@ def write_report(
     if reproduction:
         from metabench.harness.reproduction import write_reproduction
 
-        written.append(write_reproduction(store, out_dir, published=published))
+        written.append(write_reproduction(store, out_dir, published=published, source=source))
     logger.info("Wrote the report (%d row(s), %d file(s)) to %s.", len(report.table), len(written), out_dir)
     return written
 
@@ -318,11 +321,18 @@ def label_ensembles(episodes: pd.DataFrame) -> pd.DataFrame:
     return episodes
 
 
-def build_report(store: ResultsStore, *, alpha: float = DEFAULT_ALPHA, steps: int | None = None) -> Report:
+def build_report(
+    store: ResultsStore, *, alpha: float = DEFAULT_ALPHA, steps: int | None = None, source: str | None = None
+) -> Report:
     """Read a store's completed runs and compute every table of the report.
+
+    The report is a function of the runs alone (it is dated by its newest completed run, not by
+    the clock), so rendering the same runs twice gives the same files byte for byte.
 
     Args:
         store: the results store; only completed runs are read.
+        source: how the header names where the runs came from (default: the store's path), e.g.
+            the bundle folder ``reports/runs`` of ``metabench report --from``.
         alpha: significance level of the paired tests and the Nemenyi critical difference.
         steps: ``None``: each row reports its evaluation's headline inner-step count. An integer
             ``N``: every row reports inner step ``N``, so rows compare at equal steps; evaluations
@@ -339,8 +349,8 @@ def build_report(store: ResultsStore, *, alpha: float = DEFAULT_ALPHA, steps: in
     across, values, note = across_settings(table, alpha=alpha)
     counts = runs["status"].value_counts() if len(runs) else pd.Series(dtype=int)
     return Report(
-        store_path=str(store.path),
-        generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        store_path=source or str(store.path),
+        generated=results_as_of(runs),
         run_counts={status: int(counts.get(status, 0)) for status in ("completed", "failed", "interrupted", "running")},
         alpha=alpha,
         table=table,
@@ -1332,6 +1342,15 @@ def empty_text(report: Report) -> str:
     return "No completed runs with evaluations in this store yet; nothing to rank."
 
 
+def results_as_of(runs: pd.DataFrame) -> str:
+    """The finish time (UTC) of the newest completed run in ``runs`` (``store.runs()``), or ``"no runs"``."""
+    finished = runs.loc[runs["status"] == "completed", "finished_at"].dropna() if len(runs) else pd.Series(dtype=str)
+    if finished.empty:
+        return "no runs"
+    newest = max(datetime.datetime.fromisoformat(t) for t in finished)
+    return newest.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def render_markdown(report: Report, figures: dict | None = None) -> str:
     """The leaderboard as markdown; ``figures`` maps figure keys to paths relative to the file."""
     figures = figures or {}
@@ -1339,7 +1358,7 @@ def render_markdown(report: Report, figures: dict | None = None) -> str:
     excluded = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("failed", "interrupted", "running"))
     parts = [
         "# metabench leaderboard\n\n"
-        f"Generated {report.generated} from results store `{_md(report.store_path)}`: "
+        f"Results as of {report.generated} (the newest completed run), from `{_md(report.store_path)}`: "
         f"{counts.get('completed', 0)} completed run(s) (excluded: {excluded}).\n\n"
         + ROW_TEXT
         + "\n\n"
@@ -1431,7 +1450,7 @@ def tex_escape(text: object) -> str:
 def render_tex(report: Report) -> str:
     """The leaderboard as LaTeX tables (``booktabs``), one ``table`` per setting plus the ranks."""
     lines = [
-        f"% metabench leaderboard, generated {report.generated} from {tex_escape(report.store_path)}.",
+        f"% metabench leaderboard, results as of {report.generated}, from {tex_escape(report.store_path)}.",
         "% Needs \\usepackage{booktabs}. Bold: the best mean and those not significantly different from it",
         f"% (paired Wilcoxon signed-rank on the same episodes, Holm-corrected, alpha = {report.alpha:g}).",
         "",

@@ -25,7 +25,6 @@ caveats), and every result without a published number, saying so rather than inv
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import logging
 import math
@@ -531,7 +530,10 @@ def _dataset(name: str) -> str:
 # ----------------------------------------------------------------------------------- writing
 
 
-def write_reproduction(store: ResultsStore, out_dir: str | os.PathLike, *, published: Published | str | os.PathLike | None = None) -> Path:
+def write_reproduction(
+    store: ResultsStore, out_dir: str | os.PathLike, *, published: Published | str | os.PathLike | None = None,
+    source: str | None = None,
+) -> Path:
     """Write ``out_dir/reproduction.md``: our results beside the published numbers.
 
     Args:
@@ -539,6 +541,7 @@ def write_reproduction(store: ResultsStore, out_dir: str | os.PathLike, *, publi
         out_dir: folder to write to; created if missing.
         published: a :class:`Published`, the path of a published-results file, or ``None`` for
             the shipped copy.
+        source: how the file names where the runs came from (default: the store's path).
 
     Returns:
         The path written.
@@ -549,21 +552,26 @@ def write_reproduction(store: ResultsStore, out_dir: str | os.PathLike, *, publi
     out_dir.mkdir(parents=True, exist_ok=True)
     from metabench.harness.report import label_ensembles
 
-    compared, unmatched = reproduction_table(label_ensembles(store.episode_metrics(completed_only=True)), store.runs(), published)
+    from metabench.harness.report import results_as_of
+
+    runs = store.runs()
+    compared, unmatched = reproduction_table(label_ensembles(store.episode_metrics(completed_only=True)), runs, published)
     path = out_dir / "reproduction.md"
-    path.write_text(render_reproduction(compared, unmatched, store_path=str(store.path), origin=published.origin), encoding="utf-8")
+    text = render_reproduction(compared, unmatched, store_path=source or str(store.path), origin=published.origin,
+                               as_of=results_as_of(runs))
+    path.write_text(text, encoding="utf-8")
     logger.info("Wrote the reproduction table (%d comparison(s), %d without a published number) to %s.",
                 len(compared), len(unmatched), path)  # fmt: skip
     return path
 
 
-def render_reproduction(compared: pd.DataFrame, unmatched: pd.DataFrame, *, store_path: str, origin: str) -> str:
-    """The reproduction tables as markdown."""
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+def render_reproduction(compared: pd.DataFrame, unmatched: pd.DataFrame, *, store_path: str, origin: str, as_of: str) -> str:
+    """The reproduction tables as markdown; ``as_of``: finish time of the newest completed run."""
     parts = [
         "# Paper reproduction\n",
         (
-            f"Generated {now} by `metabench report --reproduction` from results store `{_md(store_path)}`; "
+            f"Results as of {as_of} (the newest completed run), from `{_md(store_path)}`, by "
+            "`metabench report --reproduction`; "
             f"published numbers from {_md(origin)} (each with its source and evidence level).\n"
         ),
         (

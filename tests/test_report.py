@@ -121,7 +121,7 @@ def test_one_section_per_setting_in_setting_order(store, tmp_path):
 def test_markdown_header_and_ci_convention(store, tmp_path):
     markdown = write_leaderboard(store, tmp_path)[0].read_text()
     assert markdown.startswith("# metabench leaderboard")
-    assert re.search(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC from results store `.*results\.sqlite`", markdown)
+    assert re.search(r"Results as of \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(the newest completed run\), from `.*results\.sqlite`", markdown)
     assert "9 completed run(s) (excluded: 1 failed, 1 interrupted, 1 running)" in markdown
     assert "each seed's per-episode values first (repeated runs of a seed count once" in markdown
     assert "then each episode's value is averaged across the seeds" in markdown

@@ -21,7 +21,11 @@ def register(commands) -> None:
             "published numbers they reproduce."
         ),
     )
-    report.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default: {DEFAULT_STORE})")
+    source = report.add_mutually_exclusive_group()
+    source.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default: {DEFAULT_STORE})")
+    source.add_argument("--from", dest="bundles", nargs="+", metavar="BUNDLES",
+                        help="render from result bundles instead of a store: .jsonl.gz files or folders of them "
+                             "(e.g. reports/runs, the committed runs behind reports/)")
     report.add_argument("--out", default=DEFAULT_REPORTS, help=f"output folder (default: {DEFAULT_REPORTS})")
     report.add_argument("--reproduction", action="store_true", help="also write reproduction.md (ours vs the papers)")
     report.add_argument("--published", metavar="TOML",
@@ -37,7 +41,7 @@ def _report(args) -> int:
     from metabench.harness.report import write_report
     from metabench.harness.store import ResultsStore
 
-    if not Path(args.store).exists():
+    if args.bundles is None and not Path(args.store).exists():
         print(f"metabench: error: no results store at {args.store!r}; run `metabench run` first or pass --store PATH.", file=sys.stderr)
         return 2
     if not 0.0 < args.alpha < 1.0:
@@ -55,9 +59,12 @@ def _report(args) -> int:
         except PublishedResultsError as error:
             print(f"metabench: error: {error}", file=sys.stderr)
             return 2
-    with ResultsStore(args.store) as store:
+    from metabench.harness.bundles import open_bundles
+
+    with open_bundles(args.bundles) if args.bundles else ResultsStore(args.store) as store:
         paths = write_report(
-            store, args.out, alpha=float(args.alpha), reproduction=args.reproduction, published=published, steps=args.steps
+            store, args.out, alpha=float(args.alpha), reproduction=args.reproduction, published=published, steps=args.steps,
+            source=" ".join(args.bundles) if args.bundles else None,
         )
     for path in paths:
         print(path)
