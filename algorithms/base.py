@@ -1,12 +1,13 @@
 """The contract every algorithm meets, ours or a plugin's.
 
 An algorithm is a Keras model plus two pure functions of ``(params, state, task)``: ``task_loss``
-(the outer loss of one meta-training task) and ``task_eval`` (adapt on the support set, score the
-query set after each inner step). ``params`` are the values of ``meta_variables()`` (what the outer
-optimizer learns); ``state`` the values of ``state_variables()`` (what a step overwrites with the
-task-mean of the new values ``task_loss`` returns, e.g. running batch-norm statistics; usually
-empty). It never imports a backend: gradients come from the engine it is bound to, and the runner
-compiles and maps the two functions over the tasks of a batch.
+(the outer loss of one meta-training task) and ``task_eval`` (adapt on the support set, predict the
+query set after each inner step; the harness scores the predictions, ``harness.scoring``). ``params``
+are the values of ``meta_variables()`` (what the outer optimizer learns); ``state`` the values of
+``state_variables()`` (what a step overwrites with the task-mean of the new values ``task_loss``
+returns, e.g. running batch-norm statistics; usually empty). It never imports a backend: gradients
+come from the engine it is bound to, and the runner compiles and maps the two functions over the
+tasks of a batch.
 
 A complete subclass (first-order "adapt the head only" would be a few lines more)::
 
@@ -19,15 +20,13 @@ A complete subclass (first-order "adapt the head only" would be a few lines more
             return self.objective.loss(predictions, task["query_y"]), (metrics, state)
 
         def task_eval(self, params, state, task, max_steps):
-            predictions = self.apply(params, task["query_x"])
-            metric = self.objective.metric(predictions, task["query_y"])
-            loss = self.objective.loss(predictions, task["query_y"])
-            return {"metric": keras.ops.repeat(metric[None], max_steps + 1),
-                    "loss": keras.ops.repeat(loss[None], max_steps + 1), "predictions": predictions}
+            predictions = self.apply(params, task["query_x"])  # the same after every step: [Q, outputs]
+            return {"predictions": keras.ops.repeat(predictions[None], max_steps + 1, axis=0)}
 
 Task shapes (one task, from ``harness.episodes``): ``support_x [S, ...]``, ``support_y [S]``
 (class labels, int32) or ``[S, out_dim]`` (regression targets), ``query_x [Q, ...]``,
-``query_y`` likewise.
+``query_y`` likewise. ``task_eval`` gets no ``query_y``: the harness removes it, and reading it
+fails with ``harness.scoring.ContractError``.
 """
 
 from __future__ import annotations
@@ -140,11 +139,12 @@ class Algorithm:
         raise NotImplementedError
 
     def task_eval(self, params, state, task, max_steps: int):
-        """Adapt on the support set and score the query set after 0..max_steps inner steps.
+        """Adapt on the support set and predict the query set after 0..max_steps inner steps.
 
-        Returns ``{"metric": [max_steps + 1], "loss": [max_steps + 1], "predictions": [Q, outputs]}``:
-        accuracy as a fraction (or MSE) after each step, and the query predictions after the last
-        step (the conformance suite checks they never depend on the query labels).
+        ``task`` has no ``query_y``: the harness removes the query labels before the call. Returns
+        ``{"predictions": [max_steps + 1, Q, outputs]}`` (float32): the query logits (classification)
+        or outputs (regression) after 0, 1, ..., ``max_steps`` inner steps, and nothing else; the
+        harness computes the metric and the loss of each step from them (``harness.scoring``).
         """
         raise NotImplementedError
 

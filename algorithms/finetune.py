@@ -26,7 +26,8 @@ class Baseline(Algorithm):
 
     Stage 2 (per evaluation episode): a new ``ways``-unit head, initialised from a fixed seed, is
     trained on the support features with full-batch steps of SGD with momentum and weight decay (as
-    many as ``evaluation.inner_steps`` asks; the query metric is recorded after each); the backbone stays frozen (``finetune="head"``, the paper's protocol) or is
+    many as ``evaluation.inner_steps`` asks; the query predictions are recorded after each, for the
+    harness to score); the backbone stays frozen (``finetune="head"``, the paper's protocol) or is
     fine-tuned too (``finetune="all"``, the MAML paper's "fine-tuning baseline"). Chen et al. train
     100 epochs of batch size 4 (200 steps for 5-way 1-shot, lr 0.01, momentum 0.9, weight decay
     1e-3); full-batch steps are the one difference, and the report says so.
@@ -176,15 +177,13 @@ class Pretrain(Baseline):
 
         fast = [ops.stop_gradient(p) for p in params]
         update = inner.sgd(self.finetune_lr)
-        metrics, losses = [], []
+        predictions = []
         for step in range(int(max_steps) + 1):
             if step:
                 (_, _), grads = self.engine.value_and_grad(support_loss)(fast)
                 fast = update(fast, grads, step - 1)
-            predictions = self.apply(fast, task["query_x"])
-            metrics.append(self.objective.metric(predictions, task["query_y"]))
-            losses.append(self.objective.loss(predictions, task["query_y"]))
-        return {"metric": ops.stack(metrics), "loss": ops.stack(losses), "predictions": predictions}
+            predictions.append(self.apply(fast, task["query_x"]))
+        return {"predictions": ops.stack(predictions)}
 
     def notes(self):
         if self.objective.kind == "regression":

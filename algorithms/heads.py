@@ -1,8 +1,9 @@
 """Fitting a new classifier or regressor head on an episode's support set, in a compiled loop.
 
 Used by the fine-tuning and multi-task baselines at evaluation time. The head is trained with
-full-batch gradient descent with momentum and weight decay for ``steps`` steps; the query metric
-after every step is recorded (``[steps + 1]``, step 0 being the untrained head).
+full-batch gradient descent with momentum and weight decay for ``steps`` steps; the query
+predictions after every step are recorded (``[steps + 1, Q, outputs]``, step 0 being the untrained
+head), for the harness to score (``harness.scoring``).
 """
 
 from __future__ import annotations
@@ -36,33 +37,33 @@ def episode_ways(task) -> int:
 def fit_on_task(engine, objective, logits_fn, make_initial, task, features_fn, backbone_params, *, finetune, steps,
                 learning_rate, momentum, weight_decay):
     """Fit a new head on ``task``'s support set, the backbone frozen (``finetune="head"``) or fine-tuned
-    too (``"all"``); returns ``task_eval``'s dict (``metric``/``loss`` ``[steps+1]``, ``predictions``).
+    too (``"all"``); returns ``task_eval``'s dict: ``{"predictions": [steps + 1, Q, outputs]}``.
 
     ``make_initial(feature_dim)`` gives the head's starting tensors; ``features_fn(backbone_params, x)``
-    maps inputs to features ``[n, F]``.
+    maps inputs to features ``[n, F]``. ``task`` needs no query labels.
     """
     support = features_fn(backbone_params, task["support_x"])
     initial = make_initial(int(support.shape[-1]))
     options = dict(steps=int(steps), learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay)
     if finetune == "all":
-        metric, loss, predictions = fit(
-            engine, objective, logits_fn, initial, task["support_x"], task["support_y"], task["query_x"], task["query_y"],
+        predictions = fit(
+            engine, objective, logits_fn, initial, task["support_x"], task["support_y"], task["query_x"],
             features_fn=features_fn, backbone_params=backbone_params, **options,
         )
     else:
         query = features_fn(backbone_params, task["query_x"])
-        metric, loss, predictions = fit(engine, objective, logits_fn, initial, support, task["support_y"], query, task["query_y"], **options)
-    return {"metric": metric, "loss": loss, "predictions": predictions}
+        predictions = fit(engine, objective, logits_fn, initial, support, task["support_y"], query, **options)
+    return {"predictions": predictions}
 
 
-def fit(engine, objective, logits_fn, initial, support_x, support_y, query_x, query_y, *, steps, learning_rate,
+def fit(engine, objective, logits_fn, initial, support_x, support_y, query_x, *, steps, learning_rate,
         momentum=0.9, weight_decay=0.0, features_fn=None, backbone_params=()):
-    """Train ``initial`` (list of head tensors) on the support set; score the query set after each step.
+    """Train ``initial`` (list of head tensors) on the support set; predict the query set after each step.
 
     ``features_fn(backbone_params, x) -> [n, F]`` maps inputs to features; when ``backbone_params``
     is non-empty they are fine-tuned together with the head (all layers), otherwise ``support_x``
-    and ``query_x`` are already features. Returns ``(metric [steps+1], loss [steps+1], query
-    predictions after the last step)``.
+    and ``query_x`` are already features. Returns the query predictions after 0..steps steps,
+    ``[steps + 1, Q, outputs]`` (``engine.trajectory``: one buffer, no per-step copies).
     """
     backbone_params = list(backbone_params)
     head_size = len(initial)
@@ -81,31 +82,13 @@ def fit(engine, objective, logits_fn, initial, support_x, support_y, query_x, qu
     value_and_grad = engine.value_and_grad(support_loss)
     start = list(initial) + backbone_params
 
-    def scores(params):
-        predictions = predict(params, query_x)
-        return objective.metric(predictions, query_y), objective.loss(predictions, query_y)
-
-    metric0, loss0 = scores(start)
-    metric_buffer = ops.zeros((steps + 1,))
-    loss_buffer = ops.zeros((steps + 1,))
-    metric_buffer = ops.slice_update(metric_buffer, [0], ops.reshape(metric0, (1,)))
-    loss_buffer = ops.slice_update(loss_buffer, [0], ops.reshape(loss0, (1,)))
-
-    def body(i, carry):
-        params, velocity, metric_buffer, loss_buffer = carry
+    def update(carry, i):
+        params, velocity = carry
         (_, _), grads = value_and_grad(list(params))
         velocity = [momentum * v + g for v, g in zip(velocity, grads)]
         params = [p - learning_rate * v for p, v in zip(params, velocity)]
-        metric, loss = scores(params)
-        index = ops.reshape(i + 1, (1,))
-        metric_buffer = ops.slice_update(metric_buffer, index, ops.reshape(metric, (1,)))
-        loss_buffer = ops.slice_update(loss_buffer, index, ops.reshape(loss, (1,)))
-        return params, velocity, metric_buffer, loss_buffer
+        return params, velocity
 
-    if steps:
-        params, _, metric_buffer, loss_buffer = ops.fori_loop(
-            0, steps, body, (start, [ops.zeros_like(p) for p in start], metric_buffer, loss_buffer)
-        )
-    else:
-        params = start
-    return metric_buffer, loss_buffer, predict(params, query_x)
+    return engine.trajectory(
+        update, lambda carry: predict(carry[0], query_x), (start, [ops.zeros_like(p) for p in start]), steps
+    )

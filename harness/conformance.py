@@ -8,10 +8,16 @@ algorithm. Each check trains on a tiny learnable task family with a fixed seed:
   (classification: 5-way accuracy at least 0.25 above chance and 0.15 above the unadapted
   accuracy; regression: MSE at most 0.7 times the unadapted MSE).
 - ``deterministic``: two trainings with the same seed give bit-identical per-episode metrics.
-- ``no_query_label_leak``: shuffling the query labels never changes the adapted predictions.
+- ``no_query_label_leak``: shuffling the query labels never changes the adapted predictions (the
+  harness hides them from ``task_eval``; this checks that nothing else carries them in).
 - ``ways_at_evaluation``: an algorithm that claims ``flexible_ways`` beats chance on 3-way
   episodes after 5-way training; one that does not is refused with a clear error.
 - ``save_restore``: meta-parameters restored into a fresh instance give identical results.
+
+Every evaluation is scored by the harness (``harness.scoring``): ``task_eval`` gets no query
+labels and returns only the query predictions after each inner step. An algorithm that reads the
+labels (to adapt on them, or to score itself) or returns anything else fails every check that
+evaluates it, with the reason (``ContractError`` reported as the check's ``AssertionError``).
 
 Usage in a plugin's tests::
 
@@ -32,7 +38,8 @@ from metabench.datasets.base import ClassPool, RegressionTaskFamily, RegressionT
 from metabench.harness import episodes as ep
 from metabench.harness.config import ConfigError, resolve_config
 from metabench.harness.engines import get_engine
-from metabench.harness.runner import Prepared, build, evaluate, meta_train
+from metabench.harness.runner import Prepared, evaluate, open_session, train_and_evaluate
+from metabench.harness.scoring import ContractError
 
 CLASSIFICATION_MARGIN_OVER_CHANCE = 0.25
 CLASSIFICATION_MARGIN_OVER_UNADAPTED = 0.15
@@ -124,9 +131,9 @@ def _train(factory, setting: CheckSetting, seed: int | None = None, train: bool 
     if seed is not None:
         config["seed"] = seed
     engine = get_engine(config["backend"], **config["engine"])
-    session = build(config, setting.prepared, engine, algorithm=factory())
-    if train:
-        meta_train(session, config)
+    session, state, rebuild = open_session(config, setting.prepared, engine, algorithm_factory=factory)
+    if train:  # the run core, as every run of a config goes (it also evaluates; the checks evaluate again as they need)
+        session = train_and_evaluate(session, state, config, setting.prepared, rebuild=rebuild).session
     return session
 
 
@@ -147,6 +154,23 @@ def _values(session, setting) -> np.ndarray:
     return np.stack([evaluation.values[s] for s in sorted(evaluation.values)])  # [steps, episodes]
 
 
+def _fails_on_broken_contract(check):
+    """``check``, failing with an ``AssertionError`` (the reason included) where ``task_eval`` breaks its contract."""
+
+    @functools.wraps(check)
+    def checked(factory, setting: CheckSetting) -> None:
+        try:
+            check(factory, setting)
+        except ContractError as error:
+            reason = error
+            while isinstance(reason.__context__, ContractError):  # a compiled step re-raises a copy (autograph)
+                reason = reason.__context__
+            raise AssertionError(f"task_eval broke the contract: {reason}") from error
+
+    return checked
+
+
+@_fails_on_broken_contract
 def check_learns(factory, setting: CheckSetting) -> None:
     _, values = _trained(factory, setting)
     unadapted, adapted = values[0].mean(), values[-1].mean()
@@ -162,6 +186,7 @@ def check_learns(factory, setting: CheckSetting) -> None:
         assert adapted <= REGRESSION_RATIO * unadapted, f"adapted MSE {adapted:.3f} is not below {REGRESSION_RATIO} x unadapted {unadapted:.3f}"
 
 
+@_fails_on_broken_contract
 def check_deterministic(factory, setting: CheckSetting) -> None:
     _, first = _trained(factory, setting)
     second = _values(_train(factory, setting), setting)
@@ -171,6 +196,7 @@ def check_deterministic(factory, setting: CheckSetting) -> None:
     )
 
 
+@_fails_on_broken_contract
 def check_no_query_label_leak(factory, setting: CheckSetting) -> None:
     session, _ = _trained(factory, setting)
     eval_set = setting.prepared.eval_sets[0]
@@ -188,6 +214,7 @@ def check_no_query_label_leak(factory, setting: CheckSetting) -> None:
     )
 
 
+@_fails_on_broken_contract
 def check_ways_at_evaluation(factory, setting: CheckSetting) -> None:
     if setting.kind != "classification":
         return
@@ -206,6 +233,7 @@ def check_ways_at_evaluation(factory, setting: CheckSetting) -> None:
     assert accuracy >= 1 / 3 + CLASSIFICATION_MARGIN_OVER_CHANCE, f"3-way accuracy {accuracy:.3f} after 5-way training is near chance"
 
 
+@_fails_on_broken_contract
 def check_save_restore(factory, setting: CheckSetting) -> None:
     trained, expected = _trained(factory, setting)
     weights = trained.algorithm.get_weights()

@@ -1,5 +1,6 @@
 """Top-k checkpoint ensembles (MAML++'s evaluation option): rank checkpoints on validation episodes,
-average the logits of the best k on the test episodes.
+average the logits of the best k on the test episodes and score them as the harness scores any
+predictions (``harness.scoring``).
 
 The MAML++ authors ranked their per-epoch checkpoints by validation accuracy and averaged the logits
 of the top 3 (paper era; 5 later) on the test tasks. Turned on with ``evaluation.ensemble_top_k``;
@@ -15,12 +16,14 @@ import numpy as np
 
 from metabench.harness import checkpoint as ckpt
 from metabench.harness.results import Evaluation
+from metabench.harness.scoring import prediction_scorer
 
 logger = logging.getLogger(__name__)
 
 
 def evaluate_top_k(session, prepared, config: dict, folder) -> list[Evaluation]:
-    """One ensemble ``Evaluation`` per evaluation set (accuracy of averaged logits after the last inner step)."""
+    """One ensemble ``Evaluation`` per evaluation set: the harness's score (``harness.scoring``) of the
+    top-k checkpoints' query logits after the last inner step, averaged."""
     evaluation = config["evaluation"]
     k = evaluation["ensemble_top_k"]
     validation_set, validation_pool = prepared.validation_set
@@ -34,16 +37,18 @@ def evaluate_top_k(session, prepared, config: dict, folder) -> list[Evaluation]:
         scores[iteration] = float(np.mean(np.concatenate(metrics)))
     best = sorted(scores, key=lambda it: (-scores[it], -it))[:k]
     logger.info("Ensembling the checkpoints of iterations %s (validation accuracy %s).", best, [round(scores[i], 4) for i in best])
+    scorer = prediction_scorer(session.algorithm)
     results = []
     for eval_set in prepared.eval_sets:
         logits, labels = None, None
         for iteration in best:
             ckpt.restore(session.algorithm, session.optimizer, folder.load(iteration))
             batches = list(eval_set.batches(batch_size, prepared.eval_pool))
-            predictions = np.concatenate([session.evaluator(batch)["predictions"] for batch in batches])
+            predictions = np.concatenate([session.evaluator(batch)["predictions"] for batch in batches])  # [E, Q, ways]
             logits = predictions if logits is None else logits + predictions
             labels = np.concatenate([batch["query_y"] for batch in batches])
-        accuracy = np.mean(np.argmax(logits, axis=-1) == labels, axis=-1).astype(np.float64)
+        logits /= np.float32(len(best))
+        accuracy = scorer(logits[:, None], labels)["metric"][:, 0].astype(np.float64)  # one step: the last
         results.append(
             Evaluation(
                 split=eval_set.split,
@@ -51,7 +56,7 @@ def evaluate_top_k(session, prepared, config: dict, folder) -> list[Evaluation]:
                 shots=eval_set.spec.shots,
                 queries=eval_set.spec.queries,
                 fingerprint=eval_set.fingerprint,
-                metric="accuracy",
+                metric=session.algorithm.objective.metric_name,
                 headline_steps=headline,
                 values={headline: accuracy},
                 notes={

@@ -191,9 +191,9 @@ def build(config: dict, prepared: Prepared, engine, algorithm=None) -> Session:
     optimizer, trainer = compile_meta_step(algorithm, config["train"], engine)
     variables, state_variables = algorithm.meta_variables(), algorithm.state_variables()
     max_steps = max(config["evaluation"]["inner_steps"])
-    evaluator = engine.make_evaluator(
-        lambda params, state, task: algorithm.task_eval(params, state, task, max_steps), variables, state_variables
-    )
+    from metabench.harness.scoring import scored_task_eval  # the harness scores what task_eval predicts
+
+    evaluator = engine.make_evaluator(scored_task_eval(algorithm, max_steps), variables, state_variables)
     return Session(algorithm, source, optimizer, trainer, evaluator)
 
 

@@ -8,8 +8,12 @@ from metabench.algorithms.finetune import Baseline, BaselinePlusPlus, Pretrain
 from metabench.algorithms.maml import MAML
 from metabench.algorithms.mamlpp import MAMLPlusPlus
 from metabench.algorithms.multitask import MultiTask
-from metabench.harness.conformance import algorithm_checks, check_deterministic, check_no_query_label_leak, classification_setting
+from metabench.algorithms.base import OBJECTIVES
+from metabench.harness.conformance import (
+    algorithm_checks, check_algorithm, check_deterministic, check_no_query_label_leak, classification_setting,
+)
 from metabench.harness.registry import ALGORITHMS
+from metabench.harness.scoring import ContractError, scored_task_eval
 
 # One table of algorithms under test: (registered name, task kind, factory with settings for the toy tasks).
 # One table of algorithms under test: (registered name, task kind, factory with settings for the
@@ -48,7 +52,7 @@ def test_contract(check):
 
 
 class PeekingMAML(MAML):
-    """Broken on purpose: its adapted predictions depend on the query labels."""
+    """Broken on purpose: its adapted predictions depend on the query labels (which it cannot see any more)."""
 
     def task_eval(self, params, state, task, max_steps):
         results = super().task_eval(params, state, task, max_steps)
@@ -68,11 +72,82 @@ class SeedlessMAML(MAML):
         return self
 
 
+class MetricOnlyLeakMAML(MAML):
+    """Broken on purpose, the metric-only leak: honest predictions, plus a metric of its own computed after
+    adapting on the query labels. It passed ``learns`` and ``no_query_label_leak`` while the runner stored
+    algorithm-reported metrics; now the harness scores, and task_eval never sees the labels."""
+
+    def task_eval(self, params, state, task, max_steps):
+        honest = super().task_eval(params, state, task, max_steps)
+        on_query_labels = dict(task, support_x=task["query_x"], support_y=task["query_y"])
+        adapted = super().task_eval(params, state, on_query_labels, max_steps)["predictions"]
+        return {**honest, "metric": ops.stack([self.objective.metric(p, task["query_y"]) for p in adapted])}
+
+
 def test_the_contract_catches_an_algorithm_that_peeks_at_query_labels():
-    with pytest.raises(AssertionError, match="only the query labels"):
+    with pytest.raises(AssertionError, match="task_eval must not read the query labels"):
         check_no_query_label_leak(lambda: PeekingMAML(inner_lr=0.4), classification_setting(iterations=20))
+
+
+def test_the_suite_fails_the_metric_only_leak():
+    with pytest.raises(AssertionError, match=r"^classification-learns: task_eval broke the contract: .*"
+                                             r"MetricOnlyLeakMAML\.task_eval read task\['query_y'\]: task_eval must not read"):
+        check_algorithm(lambda: MetricOnlyLeakMAML(inner_lr=0.4), kinds=("classification",), classification_iterations=20)
 
 
 def test_the_contract_catches_an_algorithm_that_ignores_its_seed():
     with pytest.raises(AssertionError, match="every random choice must flow from the seed"):
         check_deterministic(lambda: SeedlessMAML(inner_lr=0.4), classification_setting(iterations=20))
+
+
+# The harness's scoring on its own (harness.scoring), eagerly, with stand-ins for built algorithms.
+TASK = {
+    "support_x": np.zeros((3, 2), "float32"), "support_y": np.arange(3, dtype="int32"),
+    "query_x": np.zeros((6, 2), "float32"), "query_y": np.array([0, 1, 2, 0, 1, 2], "int32"),
+    "label_set": np.arange(3, dtype="int32"),
+}
+LOGITS = np.random.default_rng(0).normal(size=(3, 6, 3)).astype("float32")  # [max_steps + 1, Q, ways], max_steps 2
+
+
+class Returns:
+    """A stand-in for a built classification algorithm whose task_eval returns ``returned(task)``."""
+
+    def __init__(self, returned):
+        self.objective, self.returned, self.seen = OBJECTIVES["classification"], returned, None
+
+    def task_eval(self, params, state, task, max_steps):
+        self.seen = set(task)
+        return self.returned(task)
+
+
+def test_the_harness_scores_each_step_of_the_predictions_without_showing_the_labels():
+    algorithm = Returns(lambda task: {"predictions": ops.convert_to_tensor(LOGITS)})
+    result = scored_task_eval(algorithm, 2)([], [], TASK)
+    assert algorithm.seen == {"support_x", "support_y", "query_x", "label_set"}
+    objective = OBJECTIVES["classification"]
+    expected = [float(objective.metric(ops.convert_to_tensor(step), TASK["query_y"])) for step in LOGITS]
+    np.testing.assert_array_equal(np.asarray(result["metric"]), np.float32(expected))
+    assert np.asarray(result["loss"]).shape == (3,)
+    np.testing.assert_array_equal(np.asarray(result["predictions"]), LOGITS[-1])
+
+
+@pytest.mark.parametrize(
+    "returned, match",
+    [
+        pytest.param(lambda task: {"predictions": LOGITS, "metric": np.zeros(3, "float32")},
+                     r"returned the keys \['metric', 'predictions'\]: since the harness scores evaluations, task_eval "
+                     r"returns only .* the harness computes the metric and the loss from them\. Drop \['metric'\]", id="metric"),
+        pytest.param(lambda task: {"predictions": LOGITS[-1]}, r"returned predictions of shape \(6, 3\); expected "
+                     r"\{'predictions': \[max_steps \+ 1, Q, outputs\]\} = \[3, 6, outputs\] \(\(3, 6, 3\)", id="last-step-only"),
+        pytest.param(lambda task: {"predictions": LOGITS[:, :5]}, r"shape \(3, 5, 3\)", id="queries"),
+        pytest.param(lambda task: {"predictions": LOGITS.round().astype("int32")}, r"returned int32 predictions; expected "
+                     r"floating-point logits or outputs", id="dtype"),
+        pytest.param(lambda task: {"logits": LOGITS}, r"returned the keys \['logits'\]; expected exactly", id="other-key"),
+        pytest.param(lambda task: LOGITS, r"Returns\.task_eval returned ndarray; expected a dict", id="not-a-dict"),
+        pytest.param(lambda task: {"predictions": LOGITS + task["query_y"][None, :, None]},
+                     r"Returns\.task_eval read task\['query_y'\]: task_eval must not read the query labels", id="reads-labels"),
+    ],
+)
+def test_the_harness_refuses_what_breaks_the_contract(returned, match):
+    with pytest.raises(ContractError, match=match):
+        scored_task_eval(Returns(returned), 2)([], [], TASK)

@@ -42,6 +42,7 @@ def _cases(backend: str, engine_options: dict | None = None, names=tuple(CASES))
     from metabench.algorithms.maml import MAML
     from metabench.algorithms.models import conv4
     from metabench.harness.bench import random_batch, set_numpy_weights
+    from metabench.harness.scoring import scored_task_eval
 
     engine = get_engine(backend, **(engine_options or {}))
     engine.set_matmul_precision("highest")
@@ -56,7 +57,7 @@ def _cases(backend: str, engine_options: dict | None = None, names=tuple(CASES))
         losses = [trainer(random_batch(3, 1, 2, 4, image_size=12, seed=step))["loss"] for step in range(META_STEPS)]
         results[name] = {"losses": losses, "eval_loss": [], "eval_metric": []}
         if evaluate:
-            evaluator = engine.make_evaluator(lambda p, s, t: maml.task_eval(p, s, t, 2), variables)
+            evaluator = engine.make_evaluator(scored_task_eval(maml, 2), variables)
             evaluation = evaluator(random_batch(3, 1, 5, 3, image_size=12, seed=100))
             results[name].update(eval_loss=evaluation["loss"].tolist(), eval_metric=evaluation["metric"].tolist())
     return results
@@ -135,3 +136,25 @@ def test_thread_pool_sizes_are_checked_by_name():
         get_engine("tensorflow", intra_op_threads=-1)
     engine = get_engine("tensorflow", intra_op_threads=0, inter_op_threads=0)  # 0: leave TensorFlow's pools alone
     assert (engine.intra_op_threads, engine.inter_op_threads) == (0, 0)
+
+
+def test_trajectory_records_every_step_eager_compiled_and_vectorized():
+    # The TensorFlow engine's TensorArray loop (heads.fit records 100 steps of predictions with it).
+    import tensorflow as tf
+    from keras import ops
+
+    engine = get_engine("tensorflow")
+
+    def run(task, steps=3):  # observe 3c after each c <- 2c + i
+        return engine.trajectory(lambda c, i: [2.0 * c[0] + ops.cast(i, "float32")], lambda c: 3.0 * c[0], [task], steps)
+
+    x = np.array([[1.0, 2.0], [3.0, 4.0]], "float32")
+    expected = np.array(TRAJECTORY, "float32")
+    np.testing.assert_array_equal(np.stack([run(task) for task in x]), expected)
+    np.testing.assert_array_equal(tf.function(lambda xs: tf.map_fn(run, xs))(x), expected)
+    np.testing.assert_array_equal(tf.function(lambda xs: tf.vectorized_map(run, xs))(x), expected)
+    np.testing.assert_array_equal(run(x[0], steps=0), expected[0, :1])
+
+
+#: ``engine.trajectory`` of the test above for tasks [1, 2] and [3, 4]: [tasks, steps + 1, 2].
+TRAJECTORY = [[[3, 6], [6, 12], [15, 27], [36, 60]], [[9, 12], [18, 24], [39, 51], [84, 108]]]

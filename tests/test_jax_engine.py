@@ -138,6 +138,20 @@ CHECKS = {
         seen = [step(batch)["seen"] for _ in range(3)]
         result = {"train": seen, "eval": evaluate(batch)["seen"].tolist(), "counter": float(counter.value)}
     """,
+    "trajectory": """
+        import jax, numpy as np
+        from keras import ops
+        from metabench.harness.engines import get_engine
+
+        engine = get_engine("jax")
+
+        def run(task, steps=3):  # observe 3c after each c <- 2c + i
+            return engine.trajectory(lambda c, i: [2.0 * c[0] + ops.cast(i, "float32")], lambda c: 3.0 * c[0], [task], steps)
+
+        x = np.array([[1.0, 2.0], [3.0, 4.0]], "float32")
+        result = {"vmapped": np.asarray(jax.jit(jax.vmap(run))(x)).tolist(),
+                  "zero_steps": np.asarray(jax.jit(lambda task: run(task, 0))(x[0])).tolist()}
+    """,
     "bad_options": """
         from metabench.harness.engines import EngineError, get_engine
 
@@ -191,6 +205,13 @@ def test_every_task_map_and_gradient_form_trains_to_the_same_numbers(checks):
     for name, values in runs.items():
         assert values == pytest.approx(runs["vectorized"], rel=1e-5, abs=1e-6), name
     assert runs["vectorized"][1] != runs["vectorized"][0]  # the weights moved between steps
+
+
+def test_trajectory_records_every_step_under_jit_and_vmap(checks):
+    # The engine's default (a buffer updated in place in a fori_loop), as heads.fit uses it.
+    facts = _check(checks, "trajectory")
+    assert facts["vmapped"] == [[[3, 6], [6, 12], [15, 27], [36, 60]], [[9, 12], [18, 24], [39, 51], [84, 108]]]
+    assert facts["zero_steps"] == [[3, 6]]
 
 
 def test_compiled_steps_read_variables_live_like_tensorflow_graphs(checks):

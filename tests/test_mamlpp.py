@@ -7,7 +7,13 @@ from keras import ops
 from metabench.algorithms.mamlpp import MAMLPlusPlus
 from metabench.harness.conformance import classification_setting
 from metabench.harness.engines import get_engine
-from metabench.harness.runner import build, meta_train
+from metabench.harness.checkpoint import TrainingState
+from metabench.harness.runner import build, train_and_evaluate
+
+
+def meta_train(session, config):
+    """Meta-train ``session`` through the run core (which also evaluates it)."""
+    return train_and_evaluate(session, TrainingState(), config, classification_setting(iterations=1, eval_steps=3).prepared, rebuild=None).session
 
 
 def _session(iterations=0, **options):

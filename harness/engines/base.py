@@ -1,10 +1,11 @@
 """The engine seam: everything backend-specific that an algorithm needs, and nothing more.
 
 Algorithms are written with ``keras.ops`` and ``model.stateless_call``. They ask the engine for
-gradients (``value_and_grad``, nestable, so second-order MAML is a gradient of a gradient) and the
-runner asks it for compiled steps: a meta-training step that maps a task loss over the tasks of a
-meta-batch, averages the per-task meta-gradients and applies the outer optimizer, and an evaluation
-step that maps a per-task evaluation function over a batch of episodes.
+gradients (``value_and_grad``, nestable, so second-order MAML is a gradient of a gradient) and for
+loops that record every step (``trajectory``: the query predictions of a head fitted for 100 steps),
+and the runner asks it for compiled steps: a meta-training step that maps a task loss over the tasks
+of a meta-batch, averages the per-task meta-gradients and applies the outer optimizer, and an
+evaluation step that maps a per-task evaluation function over a batch of episodes.
 
 A complete engine (the JAX one is this, with ``jax.value_and_grad``, ``jax.jit`` and ``jax.vmap``)::
 
@@ -67,6 +68,32 @@ class Engine(abc.ABC):
     def make_evaluator(self, task_eval: TaskEval, variables: list, state_variables=()) -> Callable:
         """A compiled ``evaluate(batch) -> dict[str, numpy array [T, ...]]`` mapping
         ``task_eval(params, state, task)`` over the tasks of ``batch``."""
+
+    def trajectory(self, update: Callable, observe: Callable, init, steps: int):
+        """``observe`` after 0, 1, ..., ``steps`` applications of ``update``, stacked: ``[steps + 1, ...]``.
+
+        ``update(carry, i) -> carry`` (``i`` the 0-based step, a scalar tensor) keeps the structure,
+        shapes and dtypes of ``init``; ``observe(carry) -> tensor`` (e.g. the query predictions of an
+        adapted head). Traced inside a compiled step as one loop, however many steps, so an
+        algorithm's evaluation can record every step of a long inner loop. This default writes each
+        observation into a preallocated buffer (``keras.ops.slice_update`` in ``keras.ops.fori_loop``):
+        in place under XLA; an engine whose loop would copy the buffer at every step overrides it.
+        """
+        from keras import ops
+
+        first = observe(init)
+        buffer = ops.zeros((int(steps) + 1, *first.shape), dtype=first.dtype)
+        buffer = ops.slice_update(buffer, [0] * buffer.ndim, first[None])
+        if not steps:
+            return buffer
+
+        def body(i, carry):
+            state, buffer = carry
+            state = update(state, i)
+            start = [i + 1] + [0] * (buffer.ndim - 1)
+            return state, ops.slice_update(buffer, start, observe(state)[None])
+
+        return ops.fori_loop(0, int(steps), body, (init, buffer))[1]
 
     def describe_device(self) -> str:
         return "CPU"
