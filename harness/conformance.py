@@ -10,6 +10,9 @@ algorithm. Each check trains on a tiny learnable task family with a fixed seed:
 - ``deterministic``: two trainings with the same seed give bit-identical per-episode metrics.
 - ``no_query_label_leak``: shuffling the query labels never changes the adapted predictions (the
   harness hides them from ``task_eval``; this checks that nothing else carries them in).
+- ``query_order``: reordering an episode's queries reorders its predictions and changes nothing
+  else. Queries arrive sorted by class (labels ``0..N-1``, each repeated ``Q`` times), so an
+  algorithm that predicted from a query's position would score perfectly without any label.
 - ``ways_at_evaluation``: an algorithm that claims ``flexible_ways`` beats chance on 3-way
   episodes after 5-way training; one that does not is refused with a clear error.
 - ``save_restore``: meta-parameters restored into a fresh instance give identical results.
@@ -215,6 +218,25 @@ def check_no_query_label_leak(factory, setting: CheckSetting) -> None:
 
 
 @_fails_on_broken_contract
+def check_query_order(factory, setting: CheckSetting) -> None:
+    session, _ = _trained(factory, setting)
+    batch = next(setting.prepared.eval_sets[0].batches(20, setting.prepared.eval_pool))
+    rng = np.random.default_rng(1)
+    order = np.stack([rng.permutation(batch["query_x"].shape[1]) for _ in range(batch["query_x"].shape[0])])  # [B, Q]
+    reordered = dict(batch)
+    for key in ("query_x", "query_y"):
+        reordered[key] = np.take_along_axis(batch[key], order.reshape(order.shape + (1,) * (batch[key].ndim - 2)), axis=1)
+    original = np.asarray(session.evaluator(batch)["predictions"])
+    permuted = np.asarray(session.evaluator(reordered)["predictions"])
+    expected = np.take_along_axis(original, order[..., None], axis=1)
+    assert np.allclose(permuted, expected, rtol=1e-4, atol=1e-5), (
+        f"reordering the queries changed their predictions by up to {np.max(np.abs(permuted - expected)):.3g}: a "
+        "query's prediction must depend on its input and the support set, never on its position (queries "
+        "arrive sorted by class, so position gives the label away)"
+    )
+
+
+@_fails_on_broken_contract
 def check_ways_at_evaluation(factory, setting: CheckSetting) -> None:
     if setting.kind != "classification":
         return
@@ -249,6 +271,7 @@ CHECKS: tuple[tuple[str, Callable], ...] = (
     ("learns", check_learns),
     ("deterministic", check_deterministic),
     ("no_query_label_leak", check_no_query_label_leak),
+    ("query_order", check_query_order),
     ("ways_at_evaluation", check_ways_at_evaluation),
     ("save_restore", check_save_restore),
 )

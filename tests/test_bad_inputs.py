@@ -349,7 +349,7 @@ def test_catalogue_results_store_of_a_newer_schema_version(tmp_path, capsys):
     with sqlite3.connect(store) as conn:
         conn.execute("PRAGMA user_version = 99")
     assert main(["report", "--store", str(store), "--out", str(tmp_path / "out")]) == 2
-    assert "has schema version 99 (written by a newer metabench), but this metabench reads schema version 2" in capsys.readouterr().err
+    assert "has schema version 99 (written by a newer metabench), but this metabench reads schema version 3" in capsys.readouterr().err
 
 
 def _check_commands(*argv) -> int:

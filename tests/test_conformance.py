@@ -10,7 +10,8 @@ from metabench.algorithms.mamlpp import MAMLPlusPlus
 from metabench.algorithms.multitask import MultiTask
 from metabench.algorithms.base import OBJECTIVES
 from metabench.harness.conformance import (
-    algorithm_checks, check_algorithm, check_deterministic, check_no_query_label_leak, classification_setting,
+    algorithm_checks, check_algorithm, check_deterministic, check_no_query_label_leak, check_query_order,
+    classification_setting,
 )
 from metabench.harness.registry import ALGORITHMS
 from metabench.harness.scoring import ContractError, scored_task_eval
@@ -82,6 +83,21 @@ class MetricOnlyLeakMAML(MAML):
         on_query_labels = dict(task, support_x=task["query_x"], support_y=task["query_y"])
         adapted = super().task_eval(params, state, on_query_labels, max_steps)["predictions"]
         return {**honest, "metric": ops.stack([self.objective.metric(p, task["query_y"]) for p in adapted])}
+
+
+class PositionalMAML(MAML):
+    """Broken on purpose: predicts each query's class from its position (queries arrive sorted by class)."""
+
+    def task_eval(self, params, state, task, max_steps):
+        predictions = super().task_eval(params, state, task, max_steps)["predictions"]
+        steps, queries, ways = (int(d) for d in predictions.shape)
+        by_position = ops.one_hot(ops.arange(queries) * ways // queries, ways) * 100.0
+        return {"predictions": predictions + ops.broadcast_to(by_position, (steps, queries, ways))}
+
+
+def test_the_contract_catches_an_algorithm_that_reads_the_query_order():
+    with pytest.raises(AssertionError, match="never on its position"):
+        check_query_order(lambda: PositionalMAML(inner_lr=0.4), classification_setting(iterations=20))
 
 
 def test_the_contract_catches_an_algorithm_that_peeks_at_query_labels():

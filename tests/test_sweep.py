@@ -125,3 +125,21 @@ def test_ray_executor_gives_the_local_results(sweep_file, tmp_path):
     assert len(left) == len(right) > 0
     np.testing.assert_array_equal(left[key].to_numpy(), right[key].to_numpy())
     np.testing.assert_allclose(left.value.to_numpy(), right.value.to_numpy(), rtol=0, atol=0)
+
+
+def test_a_sweep_over_two_values_of_one_option_gives_two_labelled_rows(tmp_path):
+    """Two inner learning rates are two recipes: two rows, each named by its value, seeds pooled within each."""
+    from metabench.harness.report import build_report
+
+    sweep = tmp_path / "lr.toml"
+    sweep.write_text(
+        'base = "quickstart"\nseeds = [0, 1]\n[set]\n"train.meta_iterations" = 20\n"evaluation.episodes" = 20\n'
+        '[axes]\n"algorithm.inner_lr" = [0.01, 0.001]\n'
+    )
+    store = tmp_path / "r.sqlite"
+    assert _sweep(sweep, store) == 0
+    with ResultsStore(store) as results:
+        table = build_report(results).table
+    five_shot = table[table["shots"] == 5]
+    assert sorted(five_shot["label"]) == ["maml (inner_lr=0.001)", "maml (inner_lr=0.01)"]
+    assert five_shot["seeds"].tolist() == [2, 2] and five_shot["recipe_hash"].nunique() == 2
