@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 from keras import ops
 
 from metabench.algorithms import inner
@@ -26,6 +27,11 @@ class MAML(Algorithm):
         batch_norm: ``"transductive"``: batch statistics of the current batch at training and test
             time, as in the MAML code; a test query batch is normalised with its own statistics, so
             results are transductive, and the report says so.
+        adapt_batch_norm: whether the inner loop adapts the batch-norm scale and offset (``True``,
+            this project's first version: every trainable weight is adapted) or leaves them to the
+            outer loop alone (``False``, the MAML code: its ``tf.contrib.layers.batch_norm``
+            variables are not in the ``weights`` dict the inner loop updates, but the
+            meta-optimizer learns them).
 
     Example:
         >>> maml = MAML(inner_lr=0.4, inner_steps=1).build(model, "classification", engine)
@@ -34,7 +40,8 @@ class MAML(Algorithm):
 
     name = "maml"
 
-    def __init__(self, *, inner_lr=0.01, inner_steps=1, eval_inner_lr=None, first_order=False, batch_norm="transductive"):
+    def __init__(self, *, inner_lr=0.01, inner_steps=1, eval_inner_lr=None, first_order=False, batch_norm="transductive",
+                 adapt_batch_norm=True):
         super().__init__()
         if not inner_lr > 0:
             raise ValueError(f"Received inner_lr={inner_lr}; expected a positive step size.")
@@ -49,6 +56,16 @@ class MAML(Algorithm):
         self.eval_inner_lr = eval_inner_lr
         self.first_order = first_order
         self.batch_norm = batch_norm
+        self.adapt_batch_norm = adapt_batch_norm
+
+    def build(self, model, task_kind, engine):
+        super().build(model, task_kind, engine)
+        normalization = {
+            v.path for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization) for v in layer.trainable_variables
+        }
+        # Per meta-variable: whether the inner loop leaves it as it is.
+        self._held = [not self.adapt_batch_norm and v.path in normalization for v in model.trainable_variables]
+        return self
 
     def _support_loss(self, params, task):
         predictions = self.apply(params, task["support_x"])
@@ -58,7 +75,10 @@ class MAML(Algorithm):
         (_, _), grads = self.engine.value_and_grad(self._support_loss)(params, task)
         if first_order:
             grads = inner.first_order(grads)
-        return inner.sgd(lr)(params, grads, 0)
+        updated = inner.sgd(lr)(params, grads, 0)
+        if not self.adapt_batch_norm:
+            updated = [p if held else u for p, u, held in zip(params, updated, self._held)]
+        return updated
 
     def task_loss(self, params, state, task):
         fast = params
@@ -81,5 +101,6 @@ class MAML(Algorithm):
     def notes(self):
         return {
             "order": "first" if self.first_order else "second",
-            "batch_norm": "transductive (batch statistics at test time)",
+            "batch_norm": "transductive (batch statistics at test time)"
+            + ("" if self.adapt_batch_norm else "; its scale and offset are not adapted in the inner loop"),
         }

@@ -68,6 +68,16 @@ class MatmulConv2D(keras.layers.Conv2D):
 #: ``conv4``'s ``conv`` option: how its convolutions are computed.
 CONV_FORMS = {"native": keras.layers.Conv2D, "matmul": MatmulConv2D}
 
+#: ``conv4``'s ``activation`` option. ``"leaky_relu"`` has PyTorch's default slope 0.01 (what
+#: ``F.leaky_relu`` in the MAML++ reference code uses), not Keras's default 0.3.
+ACTIVATIONS = {"relu": lambda: keras.layers.ReLU(), "leaky_relu": lambda: keras.layers.LeakyReLU(negative_slope=0.01)}
+
+#: ``conv4``'s ``features`` option: how the last block's map becomes the linear layer's input.
+FEATURES = {"flatten": lambda: keras.layers.Flatten(), "mean": lambda: keras.layers.GlobalAveragePooling2D()}
+
+#: ``conv4``'s ``head_init`` option: the initializer of the linear layer's kernel (its bias starts at 0).
+HEAD_INITS = {"glorot_uniform": lambda: "glorot_uniform", "normal": lambda: keras.initializers.RandomNormal(stddev=1.0)}
+
 
 def conv4(
     input_shape,
@@ -78,35 +88,63 @@ def conv4(
     batch_norm: bool = True,
     bn_momentum: float = 0.9,
     conv: str = "native",
+    activation: str = "relu",
+    bn_epsilon: float = 1e-3,
+    bn_scale: bool = True,
+    features: str = "flatten",
+    head_init: str = "glorot_uniform",
 ) -> keras.Model:
     """Four blocks of [3x3 conv, batch norm, ReLU] then flatten and a linear layer.
 
-    With ``strided=True`` each conv has stride 2 (the MAML Omniglot network); otherwise stride 1
-    followed by 2x2 max-pooling (the miniImageNet network, 32 filters in the paper).
+    With ``strided=True`` each conv has stride 2 ("same" padding, TensorFlow's: 28 -> 14 -> 7 -> 4
+    -> 2, so 2x2x64 = 256 features; the MAML Omniglot network). With ``strided=False`` each conv
+    has stride 1 ("same" padding, i.e. PyTorch's ``padding=1`` for 3x3) and is followed, after the
+    activation, by 2x2 max-pooling with stride 2 and no padding (28 -> 14 -> 7 -> 3 -> 1, so 64
+    features): the MAML paper's miniImageNet network (32 filters there), Closer Look's ``Conv4S``
+    and, with ``activation="leaky_relu"`` and ``bn_epsilon=1e-5``, the MAML++ reference code's
+    Omniglot network.
 
     ``bn_momentum`` is Keras's convention (PyTorch's momentum 0.1 is 0.9 here); it only matters for
     algorithms that keep running statistics (MAML++ with per-step statistics, the baselines).
+    ``bn_epsilon``: Keras's default 1e-3, or PyTorch's 1e-5 (the reference codes of MAML++ and
+    Closer Look). ``activation``: ``"relu"`` or ``"leaky_relu"`` (slope 0.01, PyTorch's default).
+    ``bn_scale=False`` drops batch norm's learnable scale (gamma), keeping the offset: the default of
+    TensorFlow's ``tf.contrib.layers.batch_norm``, which the MAML code uses.
+
+    ``features``: ``"flatten"`` (the last map flattened) or ``"mean"`` (its spatial mean, one value
+    per filter: the MAML code's Omniglot network, ``tf.reduce_mean(hidden4, [1, 2])``, so the
+    linear layer sees 64 features with strided convs too). ``head_init``: the linear layer's
+    kernel initializer, ``"glorot_uniform"`` (Keras's default) or ``"normal"`` (standard normal,
+    the MAML code's Omniglot ``w5 = tf.random_normal(...)``).
 
     ``conv``: ``"native"`` (``keras.layers.Conv2D``) or ``"matmul"`` (:class:`MatmulConv2D`, the
     same convolutions as patches times a matrix: faster under the JAX engine's ``vmap`` over tasks,
     where per-task weights would make native convolutions grouped ones).
 
     Call: ``x [batch, H, W, C] -> logits [batch, num_classes]``. For 28x28x1 inputs and stride 2 the
-    flattened features are 2x2x64 = 256.
+    flattened features are 2x2x64 = 256 (64 with ``features="mean"``); with max-pooling 1x1x64 = 64.
     """
     if conv not in CONV_FORMS:
         raise ValueError(f"Received conv={conv!r}; expected one of {sorted(CONV_FORMS)}.")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"Received activation={activation!r}; expected one of {sorted(ACTIVATIONS)}.")
+    if not bn_epsilon > 0:
+        raise ValueError(f"Received bn_epsilon={bn_epsilon}; expected a small positive number (1e-3 Keras, 1e-5 PyTorch).")
+    if features not in FEATURES:
+        raise ValueError(f"Received features={features!r}; expected one of {sorted(FEATURES)}.")
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"Received head_init={head_init!r}; expected one of {sorted(HEAD_INITS)}.")
     inputs = keras.Input(tuple(input_shape))
     x = inputs
     for _ in range(4):
         x = CONV_FORMS[conv](filters, 3, strides=2 if strided else 1, padding="same")(x)
         if batch_norm:
-            x = BatchNorm(momentum=bn_momentum)(x)
-        x = keras.layers.ReLU()(x)
+            x = BatchNorm(momentum=bn_momentum, epsilon=bn_epsilon, scale=bn_scale)(x)
+        x = ACTIVATIONS[activation]()(x)
         if not strided:
             x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.Flatten()(x)
-    outputs = keras.layers.Dense(num_classes)(x)
+    x = FEATURES[features]()(x)
+    outputs = keras.layers.Dense(num_classes, kernel_initializer=HEAD_INITS[head_init]())(x)
     return keras.Model(inputs, outputs, name="conv4")
 
 

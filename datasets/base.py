@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from metabench.harness.errors import MetabenchError
+
 DATA_DIR_ENV = "METABENCH_DATA"
 
 
-class DatasetError(ValueError):
+class DatasetError(MetabenchError, ValueError):
     """A dataset cannot be read as asked: missing files, a corrupt archive, an unknown split."""
 
 

@@ -18,6 +18,14 @@ Split schemes (``split_scheme=``):
   the next 100 val, the rest test (423 on the official data). The permutation is deterministic
   on every machine (NumPy's ``Generator`` stream, stable since NumPy 1.17; a test pins it). It
   needs at least 1,201 characters; smaller archives raise ``DatasetError``.
+* ``"mamlpp"``: splits ``("train", "val", "test")`` as the MAML++ reference code
+  (AntreasAntoniou/HowToTrainYourMAMLPytorch, ``data.py``) makes them: all characters, sorted by
+  name, are shuffled with ``np.random.RandomState(0)`` (its ``val_seed``) and cut at the fractions
+  of its Omniglot configs, ``train_val_test_split = [0.70918052988, 0.03080714725, 0.2606284658]``,
+  by integer truncation: ``int(0.70918052988 * n)`` and ``int((0.70918052988 + 0.03080714725) * n)``,
+  1,150 / 50 / 423 characters on the official data. The counts and the rule are the reference's;
+  the members are not: its order before the shuffle comes from a directory walk, which this
+  harness cannot recreate, so the characters in each split differ.
 * ``"vinyals"``: splits ``("train", "val", "test", "trainval")`` of Vinyals et al. (2016), read
   from ``<data dir>/omniglot/splits/vinyals/<split>.txt`` as published by
   jakesnell/prototypical-networks (``data/omniglot/splits/vinyals/``): lines
@@ -25,14 +33,25 @@ Split schemes (``split_scheme=``):
   once (1,028 / 172 / 423 / 1,200 characters); augmenting with rotated copies as extra classes is
   left to the episode sampler.
 
-Preprocessing, per image: Pillow ``open`` -> ``convert("L")`` -> ``resize((S, S), LANCZOS)`` ->
-float32 / 255 -> ``1 - x``, so strokes are 1 and the background 0.
+Preprocessing, per image (``preprocess=``):
+
+* ``"lanczos_inverted"`` (default; this project's first version): Pillow ``open`` ->
+  ``convert("L")`` -> ``resize((S, S), LANCZOS)`` -> float32 / 255 -> ``1 - x``, so strokes are 1
+  and the background 0, with anti-aliased grey edges.
+* ``"nearest_binary"`` (the MAML++ reference code's): the 1-bit PNG resized as it is, which Pillow
+  does with nearest-neighbour sampling whatever filter is asked for (``Image.resize`` uses NEAREST
+  for mode ``"1"``), then read as float32 without scaling or inversion: every pixel 0 or 1,
+  strokes 0 and the background 1.
+* ``"nearest_binary_inverted"`` (the MAML code's): the same pixels inverted, strokes 1 and the
+  background 0. The MAML code's ``resize_images.py`` asks for LANCZOS on the 1-bit PNGs, which
+  Pillow turns into nearest-neighbour sampling, and its data generator computes ``1 - x / 255``.
 
 Decoding all 32,460 PNGs takes a few seconds, so the result (float32 ``[characters, 20, S, S,
 1]``) is cached as ``.npy`` plus a JSON sidecar in ``cache_dir`` (default
 ``default_cache_dir()``; the data folder may be read-only). The cache key is the sha256 of both
 archives' bytes (for extracted folders: of their sorted relative paths and file sizes), the image
-size and ``PREPROCESS_VERSION``; a stale or corrupt entry is rebuilt with a logged warning.
+size, ``PREPROCESS_VERSION`` and (when it is not the default) ``preprocess``; a stale or corrupt
+entry is rebuilt with a logged warning.
 """
 
 from __future__ import annotations
@@ -67,11 +86,14 @@ PREPROCESS_VERSION = 1
 
 IMAGES_PER_CHARACTER = 20
 ARCHIVES = ("background", "evaluation")
-SPLIT_SCHEMES = ("maml", "official", "vinyals")
+SPLIT_SCHEMES = ("maml", "mamlpp", "official", "vinyals")
+PREPROCESSING = ("lanczos_inverted", "nearest_binary", "nearest_binary_inverted")
 VINYALS_SPLITS = ("train", "val", "test", "trainval")
 MAML_SEED = 1
 MAML_TRAIN_CHARACTERS = 1100
 MAML_VAL_CHARACTERS = 100
+MAMLPP_SEED = 0
+MAMLPP_FRACTIONS = (0.70918052988, 0.03080714725, 0.2606284658)  # the reference's train_val_test_split
 
 _SOURCE_URL = "https://github.com/brendenlake/omniglot (python/)"
 _EXPECTED = f"images_background.zip and images_evaluation.zip (or their extracted folders) from {_SOURCE_URL}"
@@ -89,16 +111,18 @@ class Omniglot(ClassificationDataset):
             ``$METABENCH_DATA``.
         image_size: side ``S`` in pixels of the square images after resizing; 28 is the usual
             few-shot size, 105 the original.
-        split_scheme: ``"maml"`` (train/val/test, 1,100/100/423 characters), ``"official"``
-            (background/evaluation archives) or ``"vinyals"`` (train/val/test/trainval); see the
-            module docstring.
+        split_scheme: ``"maml"`` (train/val/test, 1,100/100/423 characters), ``"mamlpp"``
+            (train/val/test, 1,150/50/423), ``"official"`` (background/evaluation archives) or
+            ``"vinyals"`` (train/val/test/trainval); see the module docstring.
+        preprocess: ``"lanczos_inverted"`` (grey levels, strokes 1), ``"nearest_binary"`` (0/1,
+            strokes 0) or ``"nearest_binary_inverted"`` (0/1, strokes 1); see the module docstring.
         cache_dir: where the decoded array is cached; ``None`` uses ``default_cache_dir()``.
         show_progress: show a progress bar (on stderr) while decoding.
 
-    ``split(name)`` returns a ``ClassPool`` whose images are float32 ``[C, 20, S, S, 1]`` in [0, 1],
-    strokes 1 and background 0, classes sorted by name. Construction only checks that the files
-    are there; the images are decoded (or loaded from the cache) on the first ``split`` call, once
-    per object.
+    ``split(name)`` returns a ``ClassPool`` whose images are float32 ``[C, 20, S, S, 1]`` in [0, 1]
+    (strokes 1 and background 0 unless ``preprocess="nearest_binary"``), classes sorted by name.
+    Construction only checks that the files are there; the images are decoded (or loaded from the
+    cache) on the first ``split`` call, once per object.
 
     Example:
         >>> omniglot = Omniglot("/data", image_size=28, split_scheme="maml")
@@ -116,6 +140,7 @@ class Omniglot(ClassificationDataset):
         *,
         image_size: int = 28,
         split_scheme: str = "maml",
+        preprocess: str = "lanczos_inverted",
         cache_dir: str | os.PathLike | None = None,
         show_progress: bool = True,
     ):
@@ -123,9 +148,12 @@ class Omniglot(ClassificationDataset):
             raise DatasetError(f"Received: image_size={image_size!r}, expected a positive integer (28 is usual).")
         if split_scheme not in SPLIT_SCHEMES:
             raise DatasetError(f"Received: split_scheme={split_scheme!r}, expected one of {list(SPLIT_SCHEMES)}.")
+        if preprocess not in PREPROCESSING:
+            raise DatasetError(f"Received: preprocess={preprocess!r}, expected one of {list(PREPROCESSING)}.")
         self.data_dir = data_dir
         self.image_size = image_size
         self.split_scheme = split_scheme
+        self.preprocess = preprocess
         self.cache_dir = cache_dir
         self.show_progress = show_progress
         self.root = resolve_data_dir(data_dir, "omniglot", _EXPECTED)
@@ -139,13 +167,14 @@ class Omniglot(ClassificationDataset):
     def __repr__(self) -> str:
         return (
             f"Omniglot({str(self.root.parent)!r}, image_size={self.image_size}, "
-            f"split_scheme={self.split_scheme!r})"
+            f"split_scheme={self.split_scheme!r}"
+            + (f", preprocess={self.preprocess!r})" if self.preprocess != PREPROCESSING[0] else ")")
         )
 
     def split_names(self) -> tuple[str, ...]:
         if self.split_scheme == "official":
             return ARCHIVES
-        if self.split_scheme == "maml":
+        if self.split_scheme in ("maml", "mamlpp"):
             return ("train", "val", "test")
         return VINYALS_SPLITS
 
@@ -211,6 +240,19 @@ class Omniglot(ClassificationDataset):
                 "test": (MAML_TRAIN_CHARACTERS + MAML_VAL_CHARACTERS, n),
             }[name]
             return np.sort(order[bounds[0] : bounds[1]])
+        if self.split_scheme == "mamlpp":
+            n = len(index)
+            train_end = int(MAMLPP_FRACTIONS[0] * n)
+            val_end = int((MAMLPP_FRACTIONS[0] + MAMLPP_FRACTIONS[1]) * n)
+            if not 0 < train_end < val_end < n:
+                raise DatasetError(
+                    f"split_scheme='mamlpp' cuts {n} characters at fractions {list(MAMLPP_FRACTIONS)} into empty "
+                    f"splits; the archives under {self.root} are too small. Use the full archives from {_SOURCE_URL}."
+                )
+            order = np.arange(n)
+            np.random.RandomState(MAMLPP_SEED).shuffle(order)
+            bounds = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, n)}[name]
+            return np.sort(order[bounds[0] : bounds[1]])
         positions = {c.name: i for i, c in enumerate(index)}
         path = _vinyals_dir(self.root) / f"{name}.txt"
         indices = []
@@ -229,14 +271,17 @@ class Omniglot(ClassificationDataset):
             return self._images
         index = self._character_index()
         digests = {archive.name: _archive_digest(archive) for archive in self._archives}
+        # The default preprocessing keeps the key it had before the option existed (no cache rebuilt).
+        mode = "" if self.preprocess == PREPROCESSING[0] else f" mode={self.preprocess}"
         key = hashlib.sha256(
             "".join(
-                [f"omniglot preprocess={PREPROCESS_VERSION} image_size={int(self.image_size)}\n"]
+                [f"omniglot preprocess={PREPROCESS_VERSION} image_size={int(self.image_size)}{mode}\n"]
                 + [f"{name} {digest}\n" for name, digest in digests.items()]
             ).encode()
         ).hexdigest()
         cache_root = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
-        path = cache_root / "omniglot" / f"omniglot-{int(self.image_size)}px-{key[:16]}.npy"
+        suffix = "" if not mode else f"-{self.preprocess}"
+        path = cache_root / "omniglot" / f"omniglot-{int(self.image_size)}px{suffix}-{key[:16]}.npy"
         expected = {
             "dataset": "omniglot",
             "key": key,
@@ -245,6 +290,7 @@ class Omniglot(ClassificationDataset):
             "archive_digests": digests,
             "class_names": [c.name for c in index],
             "archives": [c.archive for c in index],
+            **({"preprocess": self.preprocess} if mode else {}),
         }
         images = load_array_cache(path, expected)
         if images is not None:
@@ -254,7 +300,7 @@ class Omniglot(ClassificationDataset):
                 "Decoding Omniglot (%d characters, %d images) at %dpx from %s; cached in %s.",
                 len(index), len(index) * IMAGES_PER_CHARACTER, self.image_size, self.root, path,
             )
-            images = _decode_characters(self._archives, index, int(self.image_size), self.show_progress)
+            images = _decode_characters(self._archives, index, int(self.image_size), self.show_progress, self.preprocess)
             save_array_cache(path, images, expected)
         self._images = images
         return images
@@ -391,15 +437,21 @@ def _archive_digest(archive: _Archive) -> str:
     return "folder:" + digest.hexdigest()
 
 
-def _decode_image(data: bytes, image_size: int) -> np.ndarray:
-    """One PNG's bytes -> float32 ``[S, S]`` in [0, 1], strokes 1 and background 0."""
+def _decode_image(data: bytes, image_size: int, preprocess: str = "lanczos_inverted") -> np.ndarray:
+    """One PNG's bytes -> float32 ``[S, S]`` in [0, 1]: strokes 1 and background 0 (``"lanczos_inverted"``),
+    or 0/1 pixels with strokes 0 (``"nearest_binary"``) or 1 (``"nearest_binary_inverted"``)."""
     with Image.open(io.BytesIO(data)) as image:
+        if preprocess in ("nearest_binary", "nearest_binary_inverted"):
+            binary = image if image.mode == "1" else image.convert("L").convert("1", dither=Image.Dither.NONE)
+            pixels = np.asarray(binary.resize((image_size, image_size), Image.NEAREST).convert("L"), dtype=np.float32) / 255.0
+            return 1.0 - pixels if preprocess == "nearest_binary_inverted" else pixels
         gray = image.convert("L").resize((image_size, image_size), Image.LANCZOS)
     return 1.0 - np.asarray(gray, dtype=np.float32) / 255.0
 
 
 def _decode_characters(
-    archives: tuple[_Archive, ...], index: tuple[_Character, ...], image_size: int, show_progress: bool
+    archives: tuple[_Archive, ...], index: tuple[_Character, ...], image_size: int, show_progress: bool,
+    preprocess: str = "lanczos_inverted",
 ) -> np.ndarray:
     """Decode every character's 20 images into float32 ``[len(index), 20, S, S, 1]``.
 
@@ -419,7 +471,7 @@ def _decode_characters(
                     for j, member in enumerate(index[row].members):
                         data = reader.read(member)
                         try:
-                            images[row, j, :, :, 0] = _decode_image(data, image_size)
+                            images[row, j, :, :, 0] = _decode_image(data, image_size, preprocess)
                         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
                             raise DatasetError(
                                 f"{str(archive.path)!r}: member {member!r} is not a readable PNG ({err}). "

@@ -53,6 +53,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metabench.harness.errors import MetabenchError
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "metabench-baseline/1"
@@ -62,7 +64,7 @@ METRICS = ("accuracy", "mse")
 """Per-episode metrics a setting can hold (as in :class:`metabench.harness.results.Evaluation`)."""
 
 
-class BaselineError(ValueError):
+class BaselineError(MetabenchError, ValueError):
     """A baseline that cannot be written or read: the message names the file, key or run and the fix."""
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from metabench.harness.config import FIXED_TABLES
 from metabench.harness.engines import get_engine, select_backend
+from metabench.harness.errors import MetabenchError
 from metabench.harness.prefetch import Prefetcher
 
 #: The keys ``torch_maml_anchor.py`` prints, in its order; ``run_bench`` returns these and more.
@@ -32,7 +33,7 @@ PEER_KEYS = ("impl", "device", "ways", "shots", "queries", "meta_batch", "inner_
              "first_iter_s", "ms_per_meta_iter", "meta_iters_per_s")
 
 
-class BenchError(ValueError):
+class BenchError(MetabenchError, ValueError):
     """A bench setting that cannot run; the message names the value and what is allowed."""
 
 

@@ -64,6 +64,7 @@ from metabench.harness.baseline_file import (
     SettingResults,
     config_differences,
 )
+from metabench.harness.errors import MetabenchError
 from metabench.harness.stats import (
     EquivalenceTest,
     holm,
@@ -86,7 +87,7 @@ DEFAULT_TOLERANCE = 0.5
 DEFAULT_ALPHA = 0.05
 
 
-class CheckError(ValueError):
+class CheckError(MetabenchError, ValueError):
     """The baseline and the candidate cannot be compared (exit status 2); the message says why and what to do."""
 
 
@@ -275,7 +276,8 @@ class CheckResult:
             unit = " pp" if s.unit == "pp" else "% of baseline MSE"
             numbers = (
                 f"    baseline {_show(s.baseline_mean, s.setting.metric)}, candidate {_show(s.candidate_mean, s.setting.metric)}: "
-                f"difference {s.difference:+.3f}{unit} ({100 * s.ci_level:g}% CI {s.ci_low:+.3f} to {s.ci_high:+.3f}); "
+                f"difference {_signed(s.difference, unit)} ({100 * s.ci_level:g}% CI "
+                f"{_signed(s.ci_low, say_why=False)} to {_signed(s.ci_high, say_why=False)}); "
                 f"tolerance {self.tolerance:g}"
             )
             worse = "lower" if s.higher_is_better else "higher"
@@ -288,11 +290,11 @@ class CheckResult:
                 e = s.equivalence
                 lines.append(
                     f"    equivalence within +/-{e.margin:g}: {'yes' if e.equivalent else 'no'} (TOST p = {_p(e.pvalue)}, "
-                    f"{100 * e.confidence:g}% CI {e.ci_low:+.3f} to {e.ci_high:+.3f})"
+                    f"{100 * e.confidence:g}% CI {_signed(e.ci_low, say_why=False)} to {_signed(e.ci_high, say_why=False)})"
                 )
             if len(s.per_seed) > 1:
                 mark = " pp" if s.unit == "pp" else "%"
-                lines.append("    difference per seed: " + ", ".join(f"seed {seed} {d:+.3f}{mark}" for seed, d in s.per_seed))
+                lines.append("    difference per seed: " + ", ".join(f"seed {seed} {_signed(d, mark)}" for seed, d in s.per_seed))
             if s.note:
                 lines.append(f"    note: {s.note}")
         if self.exit_code == EXIT_REGRESSED and not self.config_differences and not self.version_differences and b.deterministic:
@@ -531,7 +533,7 @@ def resolve_candidate_config(baseline: Baseline, config, overrides: Sequence[str
     overrides; it is validated with the rest of the config). The Keras backend (``backend`` key)
     is selected before the config is resolved, because resolving imports the registered components.
     """
-    from metabench.harness.config import apply_override, read_raw_config, resolve_config
+    from metabench.harness.config import apply_overrides, read_raw_config, resolve_config
     from metabench.harness.engines import select_backend
 
     if config is None:
@@ -541,8 +543,7 @@ def resolve_candidate_config(baseline: Baseline, config, overrides: Sequence[str
     else:
         raw, origin = read_raw_config(os.fspath(config))
         origin = f"config {os.fspath(config)}"
-    for override in overrides:
-        apply_override(raw, override)
+    apply_overrides(raw, overrides)
     if overrides:
         origin += " with " + " ".join(f"--set {o}" for o in overrides)
     if seed is not None:
@@ -765,6 +766,21 @@ def _show(value: float, metric: str) -> str:
     if not math.isfinite(value):
         return str(value)
     return f"{100 * value:.2f}%" if metric == "accuracy" else f"{value:.4f}"
+
+
+#: a difference beyond this (percentage points, or percent of the baseline's MSE) is a diverged run, not a measurement
+ABSURD_DIFFERENCE = 1e6
+
+
+def _signed(value: float, unit: str = "", *, say_why: bool = True) -> str:
+    """A difference as ``+1.234`` with its unit; ``nan``, ``+inf`` or an absurd size says so instead of 25 digits."""
+    if math.isnan(value):
+        return f"nan{unit}" + (" (non-finite)" if say_why else "")
+    if math.isinf(value):
+        return f"{'+' if value > 0 else '-'}inf{unit}" + (" (diverged: non-finite)" if say_why else "")
+    if abs(value) > ABSURD_DIFFERENCE:
+        return f"{value:+.3g}{unit}" + (" (diverged)" if say_why else "")
+    return f"{value:+.3f}{unit}"
 
 
 def _p(value: float) -> str:

@@ -23,10 +23,12 @@ import copy
 import difflib
 import hashlib
 import json
+import logging
 import tomllib
 from importlib import resources
 from pathlib import Path
 
+from metabench.harness.errors import MetabenchError
 from metabench.harness.registry import ALGORITHMS, DATASETS, MODELS, Registry
 
 TOP_LEVEL = {"name": "", "label": "", "seed": 0, "backend": "tensorflow"}
@@ -82,8 +84,10 @@ NOT_IN_RECIPE = {("seed",)}
 SEED_LIMIT = 2**32
 SHIPPED_CONFIGS = "metabench.harness.configs"
 
+logger = logging.getLogger(__name__)
 
-class ConfigError(ValueError):
+
+class ConfigError(MetabenchError, ValueError):
     """A config that cannot be run: malformed TOML, an unknown key, a wrong type or value."""
 
 
@@ -129,8 +133,7 @@ def read_raw_config(source: str, overrides: list[str] | tuple[str, ...] = ()) ->
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"Malformed TOML in {origin}: {error}. Fix the file's syntax.") from error
-    for override in overrides:
-        apply_override(raw, override)
+    apply_overrides(raw, overrides)
     return raw, origin
 
 
@@ -142,8 +145,34 @@ def parse_value(text: str):
         return text
 
 
-def apply_override(raw: dict, override: str) -> None:
-    """Apply ``section.key=value`` (or ``key=value`` at top level) to ``raw`` in place."""
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> None:
+    """Apply ``--set`` overrides to ``raw`` in place.
+
+    Setting ``algorithm.name`` to another algorithm than the config's starts from that algorithm's
+    own defaults: the config's other ``[algorithm]`` options are dropped (and logged) unless they
+    are also given with ``--set``; an option given with ``--set`` that the new algorithm does not
+    take is then an unknown key when the config is resolved.
+    """
+    given = raw.get("algorithm")
+    before = dict(given) if isinstance(given, dict) else None
+    keys = [apply_override(raw, override) for override in overrides]
+    after = raw.get("algorithm")
+    if before is None or not isinstance(after, dict) or after.get("name") == before.get("name"):
+        return
+    explicit = {key[1] for key in keys if len(key) == 2 and key[0] == "algorithm"}
+    dropped = sorted(k for k in before if k != "name" and k not in explicit)
+    for key in dropped:
+        after.pop(key, None)
+    if dropped:
+        logger.info(
+            "--set algorithm.name=%s replaces %s: dropped the config's [algorithm] option(s) %s; %s starts from its "
+            "own defaults (set an option of it with --set algorithm.OPTION=VALUE).",
+            after.get("name"), before.get("name"), ", ".join(dropped), after.get("name"),
+        )
+
+
+def apply_override(raw: dict, override: str) -> tuple[str, ...]:
+    """Apply ``section.key=value`` (or ``key=value`` at top level) to ``raw`` in place; returns the key's parts."""
     if "=" not in override:
         raise ConfigError(f"Received --set {override!r}; expected KEY=VALUE, e.g. --set algorithm.inner_lr=0.1.")
     key, text = override.split("=", 1)
@@ -156,6 +185,7 @@ def apply_override(raw: dict, override: str) -> None:
         if not isinstance(target, dict):
             raise ConfigError(f"Received --set {override!r}, but {parts[0]!r} is not a table in the config.")
     target[parts[-1]] = parse_value(text.strip())
+    return tuple(parts)
 
 
 def _check_value(where: str, value, default, choices) -> object:
@@ -165,10 +195,7 @@ def _check_value(where: str, value, default, choices) -> object:
     if expected is list and not isinstance(value, list):
         value = [value]
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(
-            f"Received {where}={value!r} ({type(value).__name__}); expected a {expected.__name__}"
-            + (f" like {default!r}." if default not in ("", None) else ".")
-        )
+        raise ConfigError(f"Received {where}={value!r} ({type(value).__name__}); expected {_toml_kind(where, expected, default)}.")
     if expected is list and default:
         item_type = type(default[0])
         converted = []
@@ -176,7 +203,9 @@ def _check_value(where: str, value, default, choices) -> object:
             if item_type is float and isinstance(item, int) and not isinstance(item, bool):
                 item = float(item)
             if not isinstance(item, item_type) or isinstance(item, bool) != isinstance(default[0], bool):
-                raise ConfigError(f"Received {where}={value!r}; expected a list of {item_type.__name__}.")
+                items = {int: "integers", float: "numbers", str: "strings", bool: "bools"}.get(item_type, item_type.__name__)
+                kind = _toml_kind(where, list, default).replace("a list,", f"a list of {items},", 1)
+                raise ConfigError(f"Received {where}={value!r}; expected {kind}.")
             converted.append(item)
         value = converted
     if choices is not None and value not in choices:
@@ -184,18 +213,47 @@ def _check_value(where: str, value, default, choices) -> object:
     return value
 
 
-def _resolve_table(where: str, given: dict, defaults: dict, choices: dict) -> dict:
+def _toml_kind(where: str, expected: type, default) -> str:
+    """What a value of ``default``'s type is and how TOML (a config file, or ``--set``) writes one."""
+    names = {bool: "a bool", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    if expected is bool:
+        written, example = "true or false", "true"
+    elif expected is list or (expected is str and default):
+        written = example = json.dumps(default if default else [1, 2])
+    elif expected is str:
+        written = example = '"text"'
+    else:
+        written = example = repr(default)
+    quote = "'" if " " in example or '"' in example else ""
+    return (f"{names.get(expected, 'a ' + expected.__name__)}, written in TOML as {written} "
+            f"(e.g. --set {quote}{where}={example}{quote})")
+
+
+def _resolve_table(where: str, given: dict, defaults: dict, choices: dict, component: str = "") -> dict:
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(key, defaults, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"Unknown key {where}{key!r}.{hint} Allowed keys: {sorted(defaults)}.")
+        owner = f" ({component} takes no such option)" if component else ""
+        raise ConfigError(f"Unknown key {where}{key!r}{owner}.{hint} Allowed keys: {sorted(defaults)}.")
     resolved = {}
     for key, default in defaults.items():
         value = given.get(key, copy.deepcopy(default))
         resolved[key] = _check_value(f"{where}{key}", value, default, choices.get(key))
     return resolved
+
+
+def resolve_component(table: str, given: dict, origin: str = "config") -> dict:
+    """A ``[dataset]``, ``[model]`` or ``[algorithm]`` table (``name`` and options) validated against what
+    its registered component takes, every default filled in; raises ``ConfigError`` or ``RegistryError``."""
+    registry = COMPONENT_TABLES[table]
+    given = dict(given)
+    if "name" not in given:
+        raise ConfigError(f"{origin} has no {table}.name; choose one of {registry.names()}.")
+    name = given.pop("name")
+    entry = registry.get(name)
+    return {"name": name, **_resolve_table(f"{table}.", given, entry.defaults, entry.choices, f"{table} {name!r}")}
 
 
 def resolve_config(raw: dict, origin: str = "config") -> dict:
@@ -208,15 +266,10 @@ def resolve_config(raw: dict, origin: str = "config") -> dict:
         if not isinstance(given, dict):
             raise ConfigError(f"In {origin}, {table!r} must be a table ([{table}]).")
         resolved[table] = _resolve_table(f"{table}.", given, defaults, FIXED_CHOICES.get(table, {}))
-    for table, registry in COMPONENT_TABLES.items():
-        given = dict(raw.get(table, {}))
+    for table in COMPONENT_TABLES:
         if not isinstance(raw.get(table, {}), dict):
             raise ConfigError(f"In {origin}, {table!r} must be a table ([{table}]).")
-        if "name" not in given:
-            raise ConfigError(f"{origin} has no {table}.name; choose one of {registry.names()}.")
-        name = given.pop("name")
-        entry = registry.get(name)
-        resolved[table] = {"name": name, **_resolve_table(f"{table}.", given, entry.defaults, entry.choices)}
+        resolved[table] = resolve_component(table, raw.get(table, {}), origin)
     _check_numbers(resolved)
     return resolved
 
@@ -277,7 +330,28 @@ HASH_NEUTRAL = (
     (("evaluation", "ensemble_top_k"), 0, (("evaluation", "validation_split"), ("evaluation", "validation_episodes"))),
     (("algorithm", "test_statistics"), "running", ()),
     (("model", "conv"), "native", ()),
+    # Reference-fidelity options (issue 20): MAML++ and Closer Look as their authors' code runs them.
+    (("model", "activation"), "relu", ()),
+    (("model", "bn_epsilon"), 0.001, ()),
+    (("model", "bn_scale"), True, ()),
+    (("model", "features"), "flatten", ()),
+    (("model", "head_init"), "glorot_uniform", ()),
+    (("algorithm", "adapt_batch_norm"), True, ()),
+    (("algorithm", "bn_final_query_set"), "own", ()),
+    (("algorithm", "dampening"), 0.0, ()),
+    (("algorithm", "batch_size"), 0, ()),
+    (("algorithm", "weight_norm"), False, ()),
+    (("algorithm", "pretrain_on"), "support_and_query", ()),
+    (("dataset", "preprocess"), "lanczos_inverted", ()),
 )
+
+
+def without_neutral(table: str, values: dict) -> dict:
+    """``values`` (a config's ``[table]``) without the options at their :data:`HASH_NEUTRAL` value:
+    what identifies it wherever an option added later must leave old identities alone (the config
+    hash, and the evaluation-set fingerprint for ``[dataset]``)."""
+    neutral = {key: value for (where, key), value, _ in HASH_NEUTRAL if where == table}
+    return {k: v for k, v in values.items() if not (k in neutral and v == neutral[k])}
 
 
 def hashed_view(config: dict, *, leave_out=frozenset()) -> dict:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from metabench.datasets.base import ClassPool, RegressionTaskFamily, RegressionTasks
+from metabench.harness.errors import MetabenchError
 
 ROTATION_MODES = ("per_task", "classes", "none")
 EPISODE_FORMAT = "metabench-episodes/1"
@@ -39,7 +40,7 @@ RULES = (
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-class EpisodeError(ValueError):
+class EpisodeError(MetabenchError, ValueError):
     """An episode specification that the data cannot satisfy, or an unreadable episode file."""
 
 
@@ -651,8 +652,12 @@ def _check_regression(where, spec: EpisodeSpec, arrays: dict) -> None:
 
 def input_description(dataset_table: dict, preprocess_version: int) -> dict:
     """What turns a classification set's indices into model inputs: ``{"dataset": {name, options...},
-    "preprocess_version": N}`` (``dataset_table`` is the config's ``[dataset]`` table)."""
-    return {"dataset": dict(sorted(dataset_table.items())), "preprocess_version": int(preprocess_version)}
+    "preprocess_version": N}`` (``dataset_table`` is the config's ``[dataset]`` table). An option
+    added later is left out at its neutral value (``config.HASH_NEUTRAL``), so adding it changed
+    no existing set's fingerprint; at any other value it is part of the set's identity."""
+    from metabench.harness.config import without_neutral
+
+    return {"dataset": dict(sorted(without_neutral("dataset", dataset_table).items())), "preprocess_version": int(preprocess_version)}
 
 
 def compose_fingerprint(index_digest: str, inputs: dict) -> str:

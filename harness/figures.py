@@ -161,7 +161,10 @@ def steps_figure(steps: pd.DataFrame, *, metric: str, title: str | None = None) 
             mean = rows["mean"].to_numpy(dtype=float) * scale
             half = rows["ci95"].to_numpy(dtype=float) * scale
             (line,) = ax.plot(x, mean, marker="o", markersize=3.5, label=_short(str(label)))
-            ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.18, linewidth=0)
+            if len(x) == 1:  # one inner-step count: a band of no width would hide the CI, so draw it as a bar
+                ax.errorbar(x, mean, yerr=half, color=line.get_color(), capsize=3, elinewidth=1.0, linewidth=0)
+            else:
+                ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.18, linewidth=0)
         ax.set_xlabel("inner steps at evaluation")
         ax.set_ylabel("accuracy (%)" if metric == "accuracy" else metric)
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -206,8 +209,9 @@ def learning_curves_figure(curves: pd.DataFrame, *, title: str | None = None, me
             for i, (_, rows) in enumerate(runs.groupby("run_id", sort=False)):
                 rows = rows.sort_values("iteration")
                 legend = f"{_short(str(label))} ({runs['run_id'].nunique()} run(s))" if i == 0 else None
-                loss_ax.plot(rows["iteration"], rows["loss"], linewidth=1.0, alpha=0.85, color=colour, label=legend)
-                metric_ax.plot(rows["iteration"], rows["metric"], linewidth=1.0, alpha=0.85, color=colour)
+                style = {"marker": "o", "markersize": 4} if len(rows) == 1 else {}  # a line from one point is invisible
+                loss_ax.plot(rows["iteration"], rows["loss"], linewidth=1.0, alpha=0.85, color=colour, label=legend, **style)
+                metric_ax.plot(rows["iteration"], rows["metric"], linewidth=1.0, alpha=0.85, color=colour, **style)
         loss = curves["loss"].to_numpy(dtype=float)
         loss = loss[np.isfinite(loss)]
         if loss.size and loss.min() > 0 and loss.max() / loss.min() > 100:

@@ -1,7 +1,9 @@
 """Name -> factory registries for algorithms, datasets and models.
 
 Filled explicitly by our own modules below and by other packages through the entry-point groups
-``metabench.algorithms``, ``metabench.datasets`` and ``metabench.models``. An entry point names a
+``metabench.algorithms``, ``metabench.datasets`` and ``metabench.models``. Our algorithms and models
+are registered with their options but imported when first built: they import Keras, whose backend
+must be chosen first, and ``metabench list`` answers without loading TensorFlow. An entry point names a
 class or function; its configurable options are the keyword arguments it declares in
 ``config_defaults`` (a dict of option -> default value), optionally with ``config_choices``
 (option -> allowed values). Example, in a plugin's ``pyproject.toml``::
@@ -18,10 +20,12 @@ import importlib.metadata
 import logging
 from typing import Callable
 
+from metabench.harness.errors import MetabenchError
+
 logger = logging.getLogger(__name__)
 
 
-class RegistryError(KeyError):
+class RegistryError(MetabenchError, KeyError):
     """An unknown name; the message lists what is registered and the closest match."""
 
     def __str__(self):  # KeyError would quote the message
@@ -102,25 +106,29 @@ class Registry:
 
 
 def _builtin_algorithms(registry: Registry) -> None:
-    from metabench.algorithms.maml import MAML
-
+    # Each factory imports its module when called (Keras loads then, with the chosen backend).
     def maml(eval_inner_lr=0.0, **options):
+        from metabench.algorithms.maml import MAML
+
         return MAML(eval_inner_lr=eval_inner_lr or None, **options)
 
     registry.register(
         "maml",
         maml,
-        {"inner_lr": 0.01, "inner_steps": 1, "eval_inner_lr": 0.0, "first_order": False, "batch_norm": "transductive"},
+        {"inner_lr": 0.01, "inner_steps": 1, "eval_inner_lr": 0.0, "first_order": False, "batch_norm": "transductive",
+         "adapt_batch_norm": True},
         {"batch_norm": ["transductive"]},
         "MAML (Finn et al. 2017), second order; first_order=true gives FOMAML. eval_inner_lr=0 means inner_lr.",
     )
 
+    def mamlpp(**options):
+        from metabench.algorithms.mamlpp import MAMLPlusPlus
 
-    from metabench.algorithms.mamlpp import MAMLPlusPlus
+        return MAMLPlusPlus(**options)
 
     registry.register(
         "mamlpp",
-        MAMLPlusPlus,
+        mamlpp,
         {
             "inner_lr": 0.1,
             "inner_steps": 5,
@@ -132,13 +140,26 @@ def _builtin_algorithms(registry: Registry) -> None:
             "learned_inner_lr": True,
             "iterations_per_epoch": 500,
             "test_statistics": "running",
+            "bn_final_query_set": "own",
         },
-        {"test_statistics": ["running", "batch"]},
+        {"test_statistics": ["running", "batch"], "bn_final_query_set": ["own", "shared"]},
         "MAML++ (Antoniou et al. 2019): MSL, DA, BNRS, BNWB, LSLR switches; CA is train.meta_lr_schedule='cosine'.",
     )
 
+    def baseline(**options):
+        from metabench.algorithms.finetune import Baseline
 
-    from metabench.algorithms.finetune import Baseline, BaselinePlusPlus, Pretrain
+        return Baseline(**options)
+
+    def baseline_plus_plus(**options):
+        from metabench.algorithms.finetune import BaselinePlusPlus
+
+        return BaselinePlusPlus(**options)
+
+    def pretrain(**options):
+        from metabench.algorithms.finetune import Pretrain
+
+        return Pretrain(**options)
 
     finetune_defaults = {
         "finetune": "head",
@@ -147,27 +168,32 @@ def _builtin_algorithms(registry: Registry) -> None:
         "weight_decay": 0.001,
         "scale": 0.0,
         "head_seed": 0,
+        "dampening": 0.0,
+        "batch_size": 0,
+        "weight_norm": False,
     }
     registry.register(
-        "baseline", Baseline, finetune_defaults, {"finetune": ["head", "all"]},
+        "baseline", baseline, finetune_defaults, {"finetune": ["head", "all"]},
         "Baseline (Chen et al. 2019): pre-trained classifier, new linear head fitted per episode.",
     )
     registry.register(
-        "baseline++", BaselinePlusPlus, finetune_defaults, {"finetune": ["head", "all"]},
+        "baseline++", baseline_plus_plus, finetune_defaults, {"finetune": ["head", "all"]},
         "Baseline++ (Chen et al. 2019): as baseline with a cosine head (weight-normalised, scaled).",
     )
     registry.register(
-        "pretrain", Pretrain, dict(finetune_defaults, finetune="all", momentum=0.0, weight_decay=0.0),
-        {"finetune": ["head", "all"]},
+        "pretrain", pretrain, dict(finetune_defaults, finetune="all", momentum=0.0, weight_decay=0.0, pretrain_on="support_and_query"),
+        {"finetune": ["head", "all"], "pretrain_on": ["support_and_query", "support"]},
         "MAML paper's 'pretrained on all tasks' baseline: pooled training, then fine-tuning per task.",
     )
 
+    def multitask(**options):
+        from metabench.algorithms.multitask import MultiTask
 
-    from metabench.algorithms.multitask import MultiTask
+        return MultiTask(**options)
 
     registry.register(
         "multitask",
-        MultiTask,
+        multitask,
         {"num_tasks": 1000, "finetune": "head", "finetune_lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "head_seed": 0},
         {"finetune": ["head", "all"]},
         "Multi-task hard parameter sharing: shared trunk, one head per fixed training task; new head per test task.",
@@ -189,8 +215,8 @@ def _builtin_datasets(registry: Registry) -> None:
     registry.register(
         "omniglot",
         lambda data_dir=None, cache_dir=None, **options: Omniglot(data_dir, cache_dir=cache_dir, **options),
-        {"image_size": 28, "split_scheme": "maml"},
-        {"split_scheme": ["maml", "official", "vinyals"]},
+        {"image_size": 28, "split_scheme": "maml", "preprocess": "lanczos_inverted"},
+        {"split_scheme": ["maml", "mamlpp", "official", "vinyals"], "preprocess": ["lanczos_inverted", "nearest_binary", "nearest_binary_inverted"]},
         "Omniglot characters (Lake et al. 2015) from the official zips in DATA_DIR/omniglot/.",
     )
     registry.register(
@@ -203,23 +229,41 @@ def _builtin_datasets(registry: Registry) -> None:
 
 
 def _builtin_models(registry: Registry) -> None:
-    from metabench.algorithms.models import CONV_FORMS, conv4, mlp
+    # As the algorithms: metabench.algorithms.models (Keras) is imported when a model is built.
+    def mlp(input_shape, outputs, **options):
+        from metabench.algorithms.models import mlp
+
+        return mlp(input_shape[-1], outputs, **options)
+
+    def conv4(input_shape, outputs, **options):
+        from metabench.algorithms.models import conv4
+
+        return conv4(input_shape, outputs, **options)
 
     registry.register(
         "mlp",
-        lambda input_shape, outputs, **options: mlp(input_shape[-1], outputs, **options),
+        mlp,
         {"hidden": [40, 40]},
         {},
         "ReLU MLP (the MAML sinusoid network: 40-40).",
     )
     registry.register(
         "conv4",
-        lambda input_shape, outputs, **options: conv4(input_shape, outputs, **options),
-        {"filters": 64, "strided": True, "batch_norm": True, "bn_momentum": 0.9, "conv": "native"},
-        {"conv": list(CONV_FORMS)},
+        conv4,
+        {"filters": 64, "strided": True, "batch_norm": True, "bn_momentum": 0.9, "conv": "native",
+         "activation": "relu", "bn_epsilon": 0.001, "bn_scale": True, "features": "flatten", "head_init": "glorot_uniform"},
+        {"conv": list(CONV_FORMS), "activation": list(ACTIVATIONS), "features": list(FEATURES), "head_init": list(HEAD_INITS)},
         "Four 3x3 conv blocks with batch norm and ReLU, then linear (MAML's Omniglot/miniImageNet network).",
     )
 
+
+#: conv4's ``conv``, ``activation``, ``features`` and ``head_init`` choices: the keys of
+#: ``metabench.algorithms.models.CONV_FORMS``, ``ACTIVATIONS``, ``FEATURES`` and ``HEAD_INITS``, named here
+#: without importing Keras (tests/test_cli.py and tests/test_fidelity.py check they agree)
+CONV_FORMS = ("native", "matmul")
+ACTIVATIONS = ("relu", "leaky_relu")
+FEATURES = ("flatten", "mean")
+HEAD_INITS = ("glorot_uniform", "normal")
 
 ALGORITHMS = Registry("algorithm", "metabench.algorithms", _builtin_algorithms)
 DATASETS = Registry("dataset", "metabench.datasets", _builtin_datasets)

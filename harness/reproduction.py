@@ -38,6 +38,7 @@ import pandas as pd
 from scipy import stats as _scipy_stats
 from tabulate import tabulate
 
+from metabench.harness.errors import MetabenchError
 from metabench.harness.report import assign_labels, recipe_views, seed_values, setting_title
 from metabench.harness.stats import mean_ci95, seed_summary
 from metabench.harness.store import ResultsStore
@@ -71,7 +72,7 @@ UNCERTAINTY_KINDS = {
 }
 
 
-class PublishedResultsError(ValueError):
+class PublishedResultsError(MetabenchError, ValueError):
     """A published-results file that cannot be read; the message names the entry and the key."""
 
 

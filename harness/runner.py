@@ -40,6 +40,7 @@ from metabench.harness.config import ConfigError, config_hash
 from metabench.harness import training_data
 from metabench.harness.engines import get_engine, select_backend
 from metabench.harness.ensemble import evaluate_top_k
+from metabench.harness.errors import MetabenchError
 from metabench.harness.prefetch import Prefetcher
 from metabench.harness.registry import ALGORITHMS, DATASETS, MODELS
 from metabench.harness.results import CurvePoint, Evaluation, RunInfo
@@ -49,7 +50,7 @@ from metabench.harness.store import StoreError, new_run_id
 logger = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(MetabenchError, RuntimeError):
     """The outer loss became NaN or infinite."""
 
 
@@ -374,11 +375,7 @@ def run(
         details = run_details(engine, config)
         if target:
             run_id = target[0]
-            store.resume_run(run_id, from_iteration=state.iteration, checkpoint_dir=folder.path, details=details)
-            logger.info(
-                "Run %s resumed from meta-iteration %d of %d (checkpoints in %s)",
-                run_id, state.iteration, config["train"]["meta_iterations"], folder.path,
-            )
+            store.resume_run(run_id, from_iteration=state.iteration, checkpoint_dir=folder.path, details=details)  # logs it
         else:
             run_id = new_run_id()
             folder = checkpoint_folder(root / run_id, config)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+from metabench.harness.errors import MetabenchError
+
 #: The key ``task_eval`` returns, and the task keys it never sees.
 PREDICTIONS = "predictions"
 HIDDEN_KEYS = ("query_y",)
 
 
-class ContractError(Exception):
+class ContractError(MetabenchError):
     """An algorithm's ``task_eval`` broke its contract: it read the query labels, or returned other
     keys, shapes or dtypes than ``{"predictions": [max_steps + 1, Q, outputs]}`` (floating point).
 

@@ -45,6 +45,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _scipy_stats
 
+from metabench.harness.errors import MetabenchError
+
 __all__ = [
     "NEMENYI_Q",
     "AcrossSettings",
@@ -1248,7 +1250,7 @@ def _compare_across_settings_iv(table, lower_is_better, alpha) -> tuple[pd.DataF
 # ---------------------------------------------------------------------------------------------
 
 
-class StatsInputError(ValueError):
+class StatsInputError(MetabenchError, ValueError):
     """A results table that cannot be analysed; the message names the cell, row or column and the fix."""
 
 

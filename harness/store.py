@@ -57,6 +57,7 @@ import pandas as pd
 
 from metabench.harness.config import recipe_hash
 from metabench.harness.episodes import compose_fingerprint, input_description
+from metabench.harness.errors import MetabenchError
 from metabench.harness.results import CurvePoint, Evaluation, RunInfo
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ BUSY_TIMEOUT_S = 30.0
 """How long a writer waits for another process's write lock before giving up."""
 
 
-class StoreError(RuntimeError):
+class StoreError(MetabenchError, RuntimeError):
     """The results store cannot be opened or cannot record what was asked; the message says why."""
 
 
@@ -312,7 +313,8 @@ class ResultsStore:
                     run_id,
                 ),
             )
-        logger.info("Resumed run %s from meta-iteration %d (it was %s).", run_id, from_iteration, row[0])
+        where = "" if checkpoint_dir is None else f"; checkpoints in {os.fspath(checkpoint_dir)}"
+        logger.info("Resumed run %s from meta-iteration %d (it was %s%s).", run_id, from_iteration, row[0], where)
 
     def import_runs(self, runs: Sequence[dict]) -> None:
         """Insert runs that finished elsewhere (e.g. read from a result bundle), all in one transaction.

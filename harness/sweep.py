@@ -42,6 +42,7 @@ import traceback
 from pathlib import Path
 
 from metabench.harness.config import ConfigError, apply_override, config_hash, read_raw_config, resolve_config
+from metabench.harness.errors import MetabenchError
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ SWEEP_KEYS = {"base", "seeds", "set", "axes", "algorithms", "name"}
 EXECUTORS = ("local", "ray")
 
 
-class SweepError(ValueError):
+class SweepError(MetabenchError, ValueError):
     """A sweep file that cannot be expanded: unknown keys, a missing base, bad axes."""
 
 

@@ -46,7 +46,7 @@ def test_unknown_top_level_table_key():
 
 
 def test_wrong_type_names_key_and_expected_type():
-    with pytest.raises(ConfigError, match=r"train\.meta_iterations='many' \(str\); expected a int"):
+    with pytest.raises(ConfigError, match=r"train\.meta_iterations='many' \(str\); expected an integer, written in TOML as 1000"):
         resolve_config(_sinusoid(train={"meta_iterations": "many"}))
 
 

@@ -281,9 +281,9 @@ def _counting_decoder(monkeypatch):
     calls = []
     real = omniglot._decode_image
 
-    def counted(data, size):
+    def counted(data, size, *preprocess):
         calls.append(1)
-        return real(data, size)
+        return real(data, size, *preprocess)
 
     monkeypatch.setattr(omniglot, "_decode_image", counted)
     return calls
@@ -462,7 +462,7 @@ def test_bad_image_size(synthetic, size):
 
 
 def test_bad_split_scheme_and_split_name(synthetic, tmp_path):
-    with pytest.raises(DatasetError, match=r"Received: split_scheme='mini', expected one of \['maml', 'official', 'vinyals'\]"):
+    with pytest.raises(DatasetError, match=r"Received: split_scheme='mini', expected one of \['maml', 'mamlpp', 'official', 'vinyals'\]"):
         Omniglot(synthetic, split_scheme="mini")
     with pytest.raises(DatasetError, match=r"Received split='train', but omniglot has splits \['background', 'evaluation'\]"):
         _synthetic(synthetic, tmp_path / "cache").split("train")

@@ -56,7 +56,9 @@ def test_expansion_is_algorithms_by_seeds_with_distinct_hashes(sweep_file):
     assert [r.label for r in runs] == ["maml, seed 0", "maml, seed 1", "pretrain, seed 0", "pretrain, seed 1"]
     assert len({r.config_hash for r in runs}) == 4
     assert runs[2].config["algorithm"] == {"name": "pretrain", "finetune_lr": 0.01, "finetune": "all",
-                                            "momentum": 0.0, "weight_decay": 0.0, "scale": 0.0, "head_seed": 0}
+                                            "momentum": 0.0, "weight_decay": 0.0, "scale": 0.0, "head_seed": 0,
+                                            "dampening": 0.0, "batch_size": 0, "weight_norm": False,
+                                            "pretrain_on": "support_and_query"}
     assert all(r.config["train"]["meta_iterations"] == 30 for r in runs)
 
 

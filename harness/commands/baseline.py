@@ -10,7 +10,6 @@ is a determinism failure). ``metabench check`` compares such a baseline with the
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from metabench.harness.commands import DEFAULT_STORE
@@ -35,31 +34,22 @@ def register(commands) -> None:
 
 
 def _save(args) -> int:
-    from metabench.harness.baseline_file import Baseline, BaselineError
-    from metabench.harness.store import ResultsStore
+    from metabench.harness.baseline_file import Baseline
+    from metabench.harness.store import ResultsStore, StoreError
 
     if not Path(args.store).is_file():
-        print(f"metabench: error: no results store at {args.store}; pass --store the store that holds the runs.", file=sys.stderr)
-        return 2
-    try:
-        with ResultsStore(args.store) as store:
-            baseline = Baseline.from_store(store, args.run_ids)
-        path = baseline.save(args.out)
-    except BaselineError as error:
-        print(f"metabench: error: {error}", file=sys.stderr)
-        return 2
+        raise StoreError(f"no results store at {args.store}; pass --store the store that holds the runs.")
+    with ResultsStore(args.store) as store:
+        baseline = Baseline.from_store(store, args.run_ids)
+    path = baseline.save(args.out)
     print(path)
     return 0
 
 
 def _show(args) -> int:
-    from metabench.harness.baseline_file import Baseline, BaselineError
+    from metabench.harness.baseline_file import Baseline
 
-    try:
-        baseline = Baseline.load(args.file)
-    except BaselineError as error:
-        print(f"metabench: error: {error}", file=sys.stderr)
-        return 2
+    baseline = Baseline.load(args.file)
     summary = {
         "file": args.file,
         "algorithm": baseline.algorithm,

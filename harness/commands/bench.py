@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 
 def register(commands) -> None:
@@ -60,7 +59,8 @@ def _bench(args) -> int:
     from metabench.harness.engines import select_backend
 
     select_backend(backend)
-    from metabench.harness.bench import BenchError, format_table, run_bench
+    from metabench.harness.bench import format_table, run_bench
+    from metabench.harness.errors import UsageError
 
     options = {"task_map": args.task_map, "parallel_tasks": args.parallel_tasks}
     if args.xla:
@@ -72,21 +72,15 @@ def _bench(args) -> int:
             continue
         if backend != engine:
             flag = "--" + option.replace("_", "-")
-            print(f"metabench: error: Received {flag} with backend={backend!r}; it is an option of the {engine} engine.",
-                  file=sys.stderr)
-            return 2
+            raise UsageError(f"Received {flag} with backend={backend!r}; it is an option of the {engine} engine.")
         options[option] = value
-    try:
-        result = run_bench(
-            backend,
-            ways=args.ways, shots=args.shots, queries=args.queries, meta_batch=args.meta_batch,
-            inner_steps=args.inner_steps, inner_lr=args.inner_lr, iters=args.iters, first_order=args.first_order,
-            image_size=args.image_size, filters=args.filters, conv=args.conv, host_data=args.host_data,
-            matmul_precision=args.precision, engine_options=options,
-            data_dir=args.data_dir, cache_dir=args.cache_dir, prefetch=not args.no_prefetch,
-        )
-    except BenchError as error:
-        print(f"metabench: error: {error}", file=sys.stderr)
-        return 2
+    result = run_bench(
+        backend,
+        ways=args.ways, shots=args.shots, queries=args.queries, meta_batch=args.meta_batch,
+        inner_steps=args.inner_steps, inner_lr=args.inner_lr, iters=args.iters, first_order=args.first_order,
+        image_size=args.image_size, filters=args.filters, conv=args.conv, host_data=args.host_data,
+        matmul_precision=args.precision, engine_options=options,
+        data_dir=args.data_dir, cache_dir=args.cache_dir, prefetch=not args.no_prefetch,
+    )
     print(json.dumps(result) if args.json else format_table(result))
     return 0

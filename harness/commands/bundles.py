@@ -9,7 +9,6 @@ line and run; nothing of a file that fails is imported.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from metabench.harness.commands import DEFAULT_STORE
@@ -49,15 +48,14 @@ def register(commands) -> None:
 
 def _export(args) -> int:
     from metabench.harness.bundles import export_runs
-    from metabench.harness.store import ResultsStore
+    from metabench.harness.errors import UsageError
+    from metabench.harness.store import ResultsStore, StoreError
 
     if bool(args.run_ids) == bool(args.all):
         which = "both run ids and --all" if args.all else "no run id"
-        print(f"metabench: error: received {which}; name the runs to export (RUN_ID...) or pass --all.", file=sys.stderr)
-        return 2
+        raise UsageError(f"received {which}; name the runs to export (RUN_ID...) or pass --all.")
     if not Path(args.store).exists():
-        print(f"metabench: error: no results store at {args.store!r}; pass --store PATH.", file=sys.stderr)
-        return 2
+        raise StoreError(f"no results store at {args.store!r}; pass --store PATH.")
     with ResultsStore(args.store) as store:
         written = export_runs(store, None if args.all else args.run_ids, args.out)
     print(f"{args.out}: {len(written)} run(s) ({', '.join(written)})")

@@ -15,6 +15,7 @@ import os
 import sys
 
 from metabench.harness.commands import DEFAULT_STORE
+from metabench.harness.errors import MetabenchError
 
 logger = logging.getLogger("metabench")
 
@@ -78,7 +79,7 @@ def _check(args) -> int:
             cache_dir=args.cache_dir,
             show_progress=not (args.no_progress or args.json),
         )
-    except _cannot_compare() as error:
+    except MetabenchError as error:  # no answer: said here (with --json, also as JSON) rather than by the CLI
         print(f"metabench: error: could not compare: {error}", file=sys.stderr)
         if args.json:
             print(json.dumps({"decision": None, "equivalence": None, "exit_code": EXIT_CANNOT_COMPARE, "error": str(error)}))
@@ -91,15 +92,5 @@ def _check(args) -> int:
 
 
 def _cannot_compare() -> tuple[type[BaseException], ...]:
-    """Every error that means "no answer": exit status 2, with the message."""
-    from metabench.datasets.base import DatasetError
-    from metabench.harness.baseline_file import BaselineError
-    from metabench.harness.check import CheckError
-    from metabench.harness.config import ConfigError
-    from metabench.harness.engines import EngineError
-    from metabench.harness.episodes import EpisodeError
-    from metabench.harness.registry import RegistryError
-    from metabench.harness.runner import TrainingDiverged
-    from metabench.harness.store import StoreError
-
-    return (BaselineError, CheckError, ConfigError, DatasetError, EngineError, EpisodeError, RegistryError, StoreError, TrainingDiverged)
+    """Every error that means "no answer" (exit status 2): each :class:`MetabenchError`."""
+    return (MetabenchError,)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from metabench.harness.commands import DEFAULT_REPORTS, DEFAULT_STORE
@@ -38,27 +37,21 @@ def register(commands) -> None:
 
 
 def _report(args) -> int:
+    from metabench.harness.errors import UsageError
     from metabench.harness.report import write_report
-    from metabench.harness.store import ResultsStore
+    from metabench.harness.store import ResultsStore, StoreError
 
     if args.bundles is None and not Path(args.store).exists():
-        print(f"metabench: error: no results store at {args.store!r}; run `metabench run` first or pass --store PATH.", file=sys.stderr)
-        return 2
+        raise StoreError(f"no results store at {args.store!r}; run `metabench run` first or pass --store PATH.")
     if not 0.0 < args.alpha < 1.0:
-        print(f"metabench: error: received --alpha {args.alpha}; expected a significance level strictly between 0 and 1, e.g. 0.05.", file=sys.stderr)
-        return 2
+        raise UsageError(f"received --alpha {args.alpha}; expected a significance level strictly between 0 and 1, e.g. 0.05.")
     if args.steps is not None and args.steps < 0:
-        print(f"metabench: error: received --steps {args.steps}; expected an inner-step count >= 0, e.g. --steps 5.", file=sys.stderr)
-        return 2
+        raise UsageError(f"received --steps {args.steps}; expected an inner-step count >= 0, e.g. --steps 5.")
     published = None
     if args.reproduction:
-        from metabench.harness.reproduction import PublishedResultsError, load_published
+        from metabench.harness.reproduction import load_published
 
-        try:
-            published = load_published(args.published)
-        except PublishedResultsError as error:
-            print(f"metabench: error: {error}", file=sys.stderr)
-            return 2
+        published = load_published(args.published)
     from metabench.harness.bundles import open_bundles
 
     with open_bundles(args.bundles) if args.bundles else ResultsStore(args.store) as store:

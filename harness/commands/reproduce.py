@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 
 from metabench.harness.commands import DEFAULT_REPORTS, DEFAULT_STORE
 
@@ -42,13 +41,9 @@ def _reproduce(args) -> int:
     from metabench.harness.paper_tables import plan
     from metabench.harness.report import write_report
     from metabench.harness.store import ResultsStore
-    from metabench.harness.sweep import SweepError, completed_hashes, run_sweep
+    from metabench.harness.sweep import completed_hashes, run_sweep
 
-    try:
-        table = plan(args.name, args.budget)
-    except SweepError as error:
-        print(f"metabench: error: {error}", file=sys.stderr)
-        return 2
+    table = plan(args.name, args.budget)
     logger.info("%s: %d runs at budget %g.", table.title, len(table.runs), table.budget)
     with ResultsStore(args.store) as store:
         if args.dry_run:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 
@@ -30,7 +31,9 @@ def register(commands) -> None:
     run.add_argument("--checkpoint-dir", metavar="DIR",
                      help="folder of the runs' checkpoint folders, DIR/<run id>/ (default: checkpoints/ beside the store)")
     run.add_argument("--backend", choices=["tensorflow", "jax"], help="override the config's backend")
-    run.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    run.add_argument("--json", action="store_true",
+                     help="print the summary as one JSON document on stdout: run_id, metric, the first setting's "
+                          "mean, ci95, episodes and inner_steps, and settings (every setting's result)")
     run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
@@ -70,11 +73,21 @@ def _run(args) -> int:
         summary = runner.run(config, store=store, data_dir=args.data_dir, cache_dir=args.cache_dir,
                              show_progress=not args.no_progress, resume=resume, checkpoint_dir=args.checkpoint_dir)
     if args.json:
-        print(json.dumps({"run_id": summary.run_id, "metric": summary.metric, "mean": summary.mean,
-                          "ci95": summary.ci95, "episodes": summary.episodes, "inner_steps": summary.inner_steps}))
+        print(json.dumps(_finite_or_null(summary.as_dict()), allow_nan=False))
     else:
         _print_summary(summary)
     return 0
+
+
+def _finite_or_null(value):
+    """``value`` with NaN and infinities as ``None``, so the summary is strict JSON (a diverged setting reads null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def _stored_config(store_path: str, run_id: str) -> dict:

@@ -8,14 +8,25 @@ Wilcoxon table (Holm-corrected); ``--json`` prints the same numbers as JSON;
 ``--out DIR`` also writes ``stats.json``, ``stats.md`` and the critical-difference diagram
 (``cd_diagram.svg`` and ``.png``). Rows with missing cells are dropped with a warning. A malformed
 table is an error (exit status 2) that names the line, row or column to fix.
+
+The ``leaderboard.csv`` that ``metabench report`` writes is read as what it stands for: rows are its
+episode sets, columns its labels, cells its means, each row ranked in its metric's direction (MSE:
+lower is better), on the largest complete block of settings x methods, as the report's own
+across-settings section does.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from pathlib import Path
+
+logger = logging.getLogger("metabench")
+
+#: Columns that make a CSV a leaderboard written by `metabench report` (besides ``label`` or ``algorithm``).
+LEADERBOARD_KEYS = {"dataset", "split", "ways", "shots", "queries", "metric", "mean", "fingerprint"}
 
 
 def register(commands) -> None:
@@ -28,10 +39,12 @@ def register(commands) -> None:
             "Nemenyi critical difference, and pairwise Wilcoxon signed-rank tests with Holm's correction "
             "(Benavoli et al. 2016). The first column holds the row names; cells may be written 98.7, "
             "98.7%% or 98.7 ± 0.4 (the ± is ignored); empty, NA, nan or - cells are missing, and rows "
-            "with a missing cell are dropped (a warning lists them)."
+            "with a missing cell are dropped (a warning lists them). The leaderboard.csv of `metabench report` "
+            "is read as its settings x labels, each setting ranked in its metric's direction."
         ),
     )
-    stats.add_argument("table", metavar="TABLE.csv", help="rows = settings, columns = methods, first column = row names")
+    stats.add_argument("table", metavar="TABLE.csv",
+                       help="rows = settings, columns = methods, first column = row names; or a leaderboard.csv of `metabench report`")
     stats.add_argument("--lower-is-better", action="store_true", help="smaller scores are better (e.g. error, MSE)")
     stats.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
     stats.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
@@ -42,26 +55,58 @@ def register(commands) -> None:
 def _stats(args) -> int:
     from metabench.harness.stats import StatsInputError, compare_across_settings, read_results_table
 
-    try:
-        if not 0.0 < args.alpha < 1.0:
-            raise StatsInputError(f"Received --alpha {args.alpha}; expected a significance level strictly between 0 and 1, e.g. 0.05.")
+    if not 0.0 < args.alpha < 1.0:
+        raise StatsInputError(f"Received --alpha {args.alpha}; expected a significance level strictly between 0 and 1, e.g. 0.05.")
+    result = _leaderboard_analysis(Path(args.table), args)
+    if result is None:
         table = read_results_table(args.table)
         result = compare_across_settings(table, lower_is_better=args.lower_is_better, alpha=args.alpha)
-    except StatsInputError as error:
-        print(f"metabench: error: {error}", file=sys.stderr)
-        return 2
-    payload = {"table": str(args.table), **result.as_dict(), "lower_is_better": bool(args.lower_is_better)}
+        payload = {"table": str(args.table), **result.as_dict(), "lower_is_better": bool(args.lower_is_better)}
+        direction = "lower is better" if args.lower_is_better else "higher is better"
+    else:
+        payload = {"table": str(args.table), **result.as_dict()}
+        lower = set(result.lower_is_better.tolist())
+        direction = {frozenset({True}): "lower is better", frozenset({False}): "higher is better"}.get(
+            frozenset(lower), "lower is better for MSE rows, higher for accuracy rows")
     if args.json:
         print(json.dumps(payload, indent=2, allow_nan=False))
     else:
-        _print_tables(result, args)
+        _print_tables(result, direction)
     if args.out:
-        for path in _write(result, payload, Path(args.out), args):
+        for path in _write(result, payload, Path(args.out), args, direction):
             print(path, file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
-def _print_tables(result, args) -> None:
+def _leaderboard_analysis(path: Path, args):
+    """The across-settings analysis of ``path`` when it is a report's leaderboard.csv; else None."""
+    import csv
+
+    import pandas as pd
+
+    from metabench.harness.report import across_settings
+    from metabench.harness.stats import StatsInputError
+
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            header = {cell.strip() for cell in next(csv.reader(handle), [])}
+    except (OSError, UnicodeDecodeError):
+        return None  # read_results_table says what is wrong with the file
+    if not LEADERBOARD_KEYS <= header or not header & {"label", "algorithm"}:
+        return None
+    frame = pd.read_csv(path, encoding="utf-8-sig", dtype={"fingerprint": str, "label": str, "algorithm": str})
+    if "label" not in frame.columns:  # leaderboards written before rows had labels
+        frame["label"] = frame["algorithm"]
+    frame["ways"] = frame["ways"].astype("Int64")  # empty for regression
+    if args.lower_is_better:
+        logger.warning("Ignoring --lower-is-better: a leaderboard's metric column decides each row (mse: lower is better).")
+    analysis, _, note = across_settings(frame, alpha=args.alpha)
+    if analysis is None:
+        raise StatsInputError(f"{path} (a leaderboard of `metabench report`): {note}")
+    return analysis._replace(notes=(*analysis.notes, note))
+
+
+def _print_tables(result, direction: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -69,7 +114,6 @@ def _print_tables(result, args) -> None:
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # no wrapping when piped
     friedman = result.friedman
-    direction = "lower is better" if args.lower_is_better else "higher is better"
     ranks = Table(title=f"Average ranks over {friedman.n} rows", caption=f"{direction}; 1 = best, ties averaged")
     ranks.add_column("method")
     ranks.add_column("average rank", justify="right")
@@ -102,7 +146,7 @@ def _print_tables(result, args) -> None:
         console.print(f"Note: {note}")
 
 
-def _write(result, payload: dict, out: Path, args) -> list[Path]:
+def _write(result, payload: dict, out: Path, args, direction: str) -> list[Path]:
     from tabulate import tabulate
 
     from metabench.harness.figures import cd_diagram, save_figure
@@ -115,7 +159,7 @@ def _write(result, payload: dict, out: Path, args) -> list[Path]:
         f"# Ranks across settings: {_md(Path(args.table).name)}\n",
         (
             f"{result.friedman.k} methods over {result.friedman.n} rows, "
-            f"{'lower' if args.lower_is_better else 'higher'} is better, alpha = {result.alpha:g} "
+            f"{direction}, alpha = {result.alpha:g} "
             "(Demšar 2006; pairwise Wilcoxon with Holm, Benavoli et al. 2016).\n"
         ),
         tabulate([[_md(n), f"{r:.3f}"] for n, r in result.average_ranks.items()], headers=["method", "average rank"],

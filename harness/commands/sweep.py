@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 from metabench.harness.commands import DEFAULT_REPORTS, DEFAULT_STORE
 
@@ -34,13 +33,9 @@ def _sweep(args) -> int:
     import os
 
     from metabench.harness.store import ResultsStore
-    from metabench.harness.sweep import SweepError, completed_hashes, load_sweep, run_sweep
+    from metabench.harness.sweep import completed_hashes, load_sweep, run_sweep
 
-    try:
-        runs = load_sweep(args.sweep)
-    except SweepError as error:
-        print(f"metabench: error: {error}", file=sys.stderr)
-        return 2
+    runs = load_sweep(args.sweep)
     data_dir = args.data_dir or os.environ.get("METABENCH_DATA")
     with ResultsStore(args.store) as store:
         if args.dry_run:
@@ -50,13 +45,9 @@ def _sweep(args) -> int:
                 print(f"{planned.config_hash[:12]}  {status:9}  {planned.label}")
             print(f"{len(runs)} runs, {sum(p.config_hash in done for p in runs)} already completed")
             return 0
-        try:
-            counts = run_sweep(runs, store, executor=args.executor, workers=args.workers, data_dir=data_dir,
-                               cache_dir=args.cache_dir, ray_address=args.ray_address, retries=args.retries,
-                               show_progress=not args.quiet, num_gpus=args.gpus_per_run)
-        except SweepError as error:
-            print(f"metabench: error: {error}", file=sys.stderr)
-            return 2
+        counts = run_sweep(runs, store, executor=args.executor, workers=args.workers, data_dir=data_dir,
+                           cache_dir=args.cache_dir, ray_address=args.ray_address, retries=args.retries,
+                           show_progress=not args.quiet, num_gpus=args.gpus_per_run)
         if not args.no_report:
             from metabench.harness.report import write_report
 

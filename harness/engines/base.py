@@ -27,6 +27,8 @@ from __future__ import annotations
 import abc
 from typing import Callable
 
+from metabench.harness.errors import MetabenchError
+
 #: ``(params, state, task) -> (loss, (metrics, new_state))``: scalar loss, ``{name: scalar}`` metrics and
 #: a list aligned with ``state`` (e.g. running batch-norm statistics) that the step averages over tasks.
 TaskLoss = Callable
@@ -99,5 +101,5 @@ class Engine(abc.ABC):
         return "CPU"
 
 
-class EngineError(RuntimeError):
+class EngineError(MetabenchError, RuntimeError):
     """An engine that cannot run here: its backend is not installed or Keras runs another backend."""
