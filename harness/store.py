@@ -175,15 +175,7 @@ class ResultsStore:
             run_id,
             _now(),
             "running",
-            info.algorithm,
-            info.dataset,
-            int(info.seed),
-            info.backend,
-            info.device,
-            _to_json(info.config, "config"),
-            info.config_hash,
-            _to_json(info.versions, "versions"),
-            info.git_commit,
+            *_info_values(info),
             None if checkpoint_dir is None else os.fspath(checkpoint_dir),
             _to_json([{"event": "started", "at": _now()}], "history"),
             info.recipe_hash,
@@ -230,13 +222,7 @@ class ResultsStore:
             self._require_running(conn, run_id, "complete")
             for evaluation in evaluations:
                 _insert_evaluation(conn, run_id, evaluation)
-            conn.executemany(
-                "INSERT INTO training_curve (run_id, iteration, loss, metric, seconds) VALUES (?, ?, ?, ?, ?)",
-                (
-                    (run_id, int(p.iteration), float(p.loss), float(p.metric), float(p.seconds))
-                    for p in curve
-                ),
-            )
+            _insert_curve(conn, run_id, curve)
             history = _history(conn, run_id) + [*events, {"event": "completed", "at": _now()}]
             conn.execute(
                 "UPDATE runs SET status = 'completed', finished_at = ?, message = NULL, timings_json = ?, "
@@ -351,15 +337,7 @@ class ResultsStore:
                         run_id,
                         run["created_at"],
                         run["finished_at"],
-                        info.algorithm,
-                        info.dataset,
-                        int(info.seed),
-                        info.backend,
-                        info.device,
-                        _to_json(info.config, "config"),
-                        info.config_hash,
-                        _to_json(info.versions, "versions"),
-                        info.git_commit,
+                        *_info_values(info),
                         _to_json(run["timings"], "timings"),
                         _to_json(list(run["history"]), "history"),
                         info.recipe_hash,
@@ -368,13 +346,7 @@ class ResultsStore:
                 )
                 for evaluation in run["evaluations"]:
                     _insert_evaluation(conn, run_id, evaluation)
-                conn.executemany(
-                    "INSERT INTO training_curve (run_id, iteration, loss, metric, seconds) VALUES (?, ?, ?, ?, ?)",
-                    (
-                        (run_id, int(p.iteration), float(p.loss), float(p.metric), float(p.seconds))
-                        for p in run["curve"]
-                    ),
-                )
+                _insert_curve(conn, run_id, run["curve"])
         logger.info("Imported %d completed run(s) into %s.", len(runs), self.path)
 
     # ------------------------------------------------------------------ reading
@@ -760,6 +732,29 @@ class _transaction:
         if isinstance(exc, sqlite3.Error):
             raise StoreError(f"Could not {self.what}; nothing was written: {exc}") from exc
         return False
+
+
+def _info_values(info: RunInfo) -> tuple:
+    """The ``runs`` columns a ``RunInfo`` fills, in the order algorithm, dataset, seed, backend,
+    device, config_json, config_hash, versions_json, git_commit."""
+    return (
+        info.algorithm,
+        info.dataset,
+        int(info.seed),
+        info.backend,
+        info.device,
+        _to_json(info.config, "config"),
+        info.config_hash,
+        _to_json(info.versions, "versions"),
+        info.git_commit,
+    )
+
+
+def _insert_curve(conn: sqlite3.Connection, run_id: str, curve) -> None:
+    conn.executemany(
+        "INSERT INTO training_curve (run_id, iteration, loss, metric, seconds) VALUES (?, ?, ?, ?, ?)",
+        ((run_id, int(p.iteration), float(p.loss), float(p.metric), float(p.seconds)) for p in curve),
+    )
 
 
 def _insert_evaluation(conn: sqlite3.Connection, run_id: str, evaluation: Evaluation) -> None:
