@@ -15,7 +15,14 @@ verdict (:func:`verdict`):
   h_paper^2)`` with both 95% half widths (the Meta-Dataset leaderboard's rule; a seed std ``s``
   over ``n`` seeds becomes ``t_{0.975, n-1} s / sqrt(n)``; a paper without ± counts as 0, so the
   rule asks whether the paper's value lies in our CI);
-* otherwise **below** or **above** the paper (with "better"/"worse" for the metric's direction).
+* otherwise **below** or **above** the paper (with "better"/"worse" for the metric's direction);
+* **not comparable** when our number is not finite, or when our 95% half width is at least the
+  paper's value: such an interval admits zero and twice the paper's value alike, so no verdict is
+  given (one diverging episode in 600 does this to an MSE).
+
+A published number is compared only with recipes of the same algorithm *and* the options it names
+(``ours_options``, e.g. the MAML paper's "first-order approximation" rows need
+``algorithm.first_order = true`` and its "MAML" rows ``false``; see :data:`ALGORITHM_OPTIONS`).
 
 The table also lists the protocol differences that remain (query-set size, test episodes,
 meta-iterations run, meta-batch, seeds, split, which checkpoint was evaluated, and the paper's own
@@ -62,8 +69,18 @@ ALGORITHM_ALIASES = {
     "pretrain on all tasks": "pretrain",
     "pretrain": "pretrain",
     "multitask": "multitask",
+    "maml, first-order approximation": "maml",
 }
 """Paper algorithm names (lower case) -> our registered names, for entries without an ``ours`` key."""
+
+ALGORITHM_OPTIONS = {
+    "maml": {"first_order": False},
+    "maml, first-order approximation": {"first_order": True},
+}
+"""Paper algorithm names (lower case) -> the ``[algorithm]`` options a recipe must have to be compared
+with that number, for entries without an ``ours_options`` table: the MAML paper's "MAML" rows are
+second order, its "first-order approximation" rows first order, so FOMAML is never compared with
+MAML's number."""
 
 UNCERTAINTY_KINDS = {
     "ci95": "95% CI over test episodes",
@@ -87,6 +104,8 @@ class PublishedResult:
         shots: support examples per class (regression: per task).
         algorithm: the paper's name for the method.
         ours: our registered algorithm name that reproduces it, or ``None`` (not compared).
+        ours_options: ``[algorithm]`` options our recipe must have to be compared (e.g.
+            ``{"first_order": True}``); empty: any recipe of ``ours``.
         metric: ``"accuracy"`` (``value`` in percent) or ``"mse"``.
         value: the published number.
         pm: the published ± (percent for accuracy), or ``None``.
@@ -107,6 +126,7 @@ class PublishedResult:
     shots: int
     algorithm: str
     ours: str | None
+    ours_options: dict
     metric: str
     value: float
     pm: float | None
@@ -138,6 +158,7 @@ class Unpublished:
     shots: int
     ours: str
     reason: str
+    ours_options: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +207,7 @@ def load_published(path: str | os.PathLike | None = None) -> Published:
                 raise PublishedResultsError(f"{where} lacks the key {key!r}; add it.")
         unpublished.append(
             Unpublished(str(entry["dataset"]), _optional_int(entry.get("ways"), "ways", where), int(entry["shots"]),
-                        str(entry["ours"]), str(entry["reason"]))
+                        str(entry["ours"]), str(entry["reason"]), _ours_options(entry, where))
         )
     return Published(tuple(results), tuple(unpublished), origin)
 
@@ -229,6 +250,7 @@ def _parse_result(entry: dict, number: int, origin: str) -> PublishedResult | No
     else:
         pm, kind, text = None, "none", "none published"
     ours = entry.get("ours") or ALGORITHM_ALIASES.get(str(entry["algorithm"]).strip().lower())
+    ours_options = _ours_options(entry, where)
     protocol = entry.get("protocol", {})
     if not isinstance(protocol, dict):
         raise PublishedResultsError(f"{where}: 'protocol' must be a table ([result.protocol]); received {protocol!r}.")
@@ -242,6 +264,7 @@ def _parse_result(entry: dict, number: int, origin: str) -> PublishedResult | No
         shots=int(entry["shots"]),
         algorithm=str(entry["algorithm"]),
         ours=str(ours) if ours else None,
+        ours_options=ours_options,
         metric=metric,
         value=value,
         pm=pm,
@@ -254,6 +277,22 @@ def _parse_result(entry: dict, number: int, origin: str) -> PublishedResult | No
         backbone=str(entry.get("backbone", "")),
         protocol=dict(protocol),
     )
+
+
+def _ours_options(entry: dict, where: str) -> dict:
+    """The entry's ``ours_options`` table, or the paper algorithm's entry in :data:`ALGORITHM_OPTIONS`."""
+    options = entry.get("ours_options", ALGORITHM_OPTIONS.get(str(entry.get("algorithm", "")).strip().lower(), {}))
+    if not isinstance(options, dict):
+        raise PublishedResultsError(
+            f"{where}: 'ours_options' must be a table of [algorithm] options, e.g. {{ first_order = true }}; "
+            f"received {options!r}."
+        )
+    return dict(options)
+
+
+def _options_match(required: dict, algorithm_config: dict) -> bool:
+    """Whether a recipe's ``[algorithm]`` table has every required option value."""
+    return all(algorithm_config.get(key) == value for key, value in required.items())
 
 
 def _number(value, key: str, where: str) -> float:
@@ -295,7 +334,10 @@ def verdict(
         ``"inside the paper's interval"`` (``"inside the paper's ± (one seed std)"`` for a seed
         std), ``"statistically indistinguishable (two-interval rule)"``, ``"below the paper
         (worse)"``/``"... (better)"``, ``"above the paper (better)"``/``"... (worse)"``, or
-        ``"not comparable: ..."`` when our number is not finite.
+        ``"not comparable: ..."`` when our number is not finite, or when our half width is at least
+        the paper's value itself: such an interval cannot tell the paper's number from zero or from
+        twice it, so "indistinguishable" would be true of any number (a few diverging episodes give
+        this).
 
     Example::
 
@@ -304,6 +346,8 @@ def verdict(
     """
     if not (math.isfinite(ours) and math.isfinite(ours_half_width)):
         return "not comparable: our result is not finite"
+    if paper != 0 and ours_half_width >= abs(paper):
+        return "not comparable: our 95% CI is as wide as the paper's value (a few episodes dominate our mean)"
     difference = ours - paper
     if paper_pm is not None and pm_kind != "none" and abs(difference) <= paper_pm:
         return "inside the paper's ± (one seed std)" if pm_kind == "std-seeds" else "inside the paper's interval"
@@ -362,9 +406,11 @@ def reproduction_table(
     compared, unmatched = [], []
     for key, group in entries:
         ways = None if pd.isna(key["ways"]) else int(key["ways"])
+        algorithm_config = (configs.get(group["run_id"].iloc[0]) or {}).get("algorithm") or {}
         matches = [
             p for p in published.results
             if p.ours is not None and _canonical(p.ours) == _canonical(key["algorithm"])
+            and _options_match(p.ours_options, algorithm_config)
             and _dataset(p.dataset) == _dataset(key["dataset"]) and p.ways == ways
             and p.shots == int(key["shots"]) and p.metric == key["metric"]
         ]  # fmt: skip
@@ -381,7 +427,8 @@ def reproduction_table(
         else:
             reasons = [
                 u.reason for u in published.unpublished
-                if _canonical(u.ours) == _canonical(key["algorithm"]) and _dataset(u.dataset) == _dataset(key["dataset"])
+                if _canonical(u.ours) == _canonical(key["algorithm"]) and _options_match(u.ours_options, algorithm_config)
+                and _dataset(u.dataset) == _dataset(key["dataset"])
                 and u.ways == ways and u.shots == int(key["shots"])
             ]  # fmt: skip
             note = "no published number" + (f": {reasons[0]}" if reasons else "")
@@ -584,8 +631,10 @@ def render_reproduction(compared: pd.DataFrame, unmatched: pd.DataFrame, *, stor
             "interval* when our mean lies within the published ± (for MAML++ that ± is one standard deviation "
             "over 3 seeds); *statistically indistinguishable* when |ours − paper| ≤ √(h_ours² + h_paper²) with "
             "both 95% half widths (the two-interval rule of the Meta-Dataset leaderboard; a seed std s over n "
-            "seeds counts as t·s/√n, and a number published without ± as 0); otherwise *below* or *above* the "
-            "paper. A paper's CI over episodes and ours measure episode noise only, not training-seed variance.\n"
+            "seeds counts as t·s/√n, and a number published without ± as 0); *not comparable* when our number "
+            "is not finite or our half width is at least the paper's value (such an interval fits any number); "
+            "otherwise *below* or *above* the paper. A number is compared only with recipes of the same "
+            "algorithm and options (the MAML paper's second-order rows never with first-order MAML). A paper's CI over episodes and ours measure episode noise only, not training-seed variance.\n"
         ),
     ]
     if compared.empty and unmatched.empty:
