@@ -2,7 +2,7 @@
 
 An algorithm is a Keras model plus two pure functions of ``(params, state, task)``: ``task_loss``
 (the outer loss of one meta-training task) and ``task_eval`` (adapt on the support set, predict the
-query set after each inner step; the harness scores the predictions, ``harness.scoring``). ``params``
+query set after each inner step; the harness scores the predictions, ``harness.run.scoring``). ``params``
 are the values of ``meta_variables()`` (what the outer optimizer learns); ``state`` the values of
 ``state_variables()`` (what a step overwrites with the task-mean of the new values ``task_loss``
 returns, e.g. running batch-norm statistics; usually empty). It never imports a backend: gradients
@@ -23,10 +23,10 @@ A complete subclass (first-order "adapt the head only" would be a few lines more
             predictions = self.apply(params, task["query_x"])  # the same after every step: [Q, outputs]
             return {"predictions": keras.ops.repeat(predictions[None], max_steps + 1, axis=0)}
 
-Task shapes (one task, from ``harness.episodes``): ``support_x [S, ...]``, ``support_y [S]``
+Task shapes (one task, from ``harness.data.episodes``): ``support_x [S, ...]``, ``support_y [S]``
 (class labels, int32) or ``[S, out_dim]`` (regression targets), ``query_x [Q, ...]``,
 ``query_y`` likewise. ``task_eval`` gets no ``query_y``: the harness removes it, and reading it
-fails with ``harness.scoring.ContractError``.
+fails with ``harness.run.scoring.ContractError``.
 """
 
 from __future__ import annotations
@@ -73,16 +73,33 @@ class Algorithm:
 
     Subclasses set ``name``, store their hyperparameters unmodified in ``__init__`` and implement
     ``task_loss`` and ``task_eval``. ``build`` binds the model, the task kind and the engine.
+
+    Every keyword argument of ``__init__`` is a config option, its default the option's default:
+    the registry reads them from the signature (``metabench.harness.registry``), so a default is a
+    literal (a number, string, bool or list; ``0`` or ``""`` with a documented meaning where
+    ``None`` would say "same as another option") and a setting no config chooses is a class
+    attribute instead.
     """
 
     name: str = ""
     #: what it trains on: "episodes", "pooled" (supervised batches over all training classes) or
-    #: "fixed_tasks" (a fixed list of training tasks; set ``num_tasks``); see ``harness.training_data``
+    #: "fixed_tasks" (a fixed list of training tasks; set ``num_tasks``); see ``harness.data.training_data``
     training_data: str = "episodes"
     #: whether evaluation may use a different number of ways than training
     flexible_ways: bool = False
     #: the task kinds it handles
     task_kinds: tuple = ("classification", "regression")
+    #: with ``training_data = "fixed_tasks"``: how many training tasks the fixed list holds
+    num_tasks: int = 0
+    #: the inner-loop step size of an algorithm that adapts by gradient steps (``None``: it does not);
+    #: the harness records the step size evaluation adapted with as the ``eval_inner_lr`` note
+    inner_lr: float | None = None
+    #: the step size at evaluation when it differs from ``inner_lr`` (``None`` or ``0.0``: ``inner_lr``)
+    eval_inner_lr: float | None = None
+    #: whether it adapts to an episode's support set by inner steps; ``False`` (e.g. Prototypical
+    #: Networks) means its prediction after 0 steps is already the method's, so the conformance
+    #: suite's ``learns`` compares the trained model with an untrained one instead of step k with step 0
+    adapts_at_test: bool = True
 
     def __init__(self):
         self.model: keras.Model | None = None
@@ -144,7 +161,7 @@ class Algorithm:
         ``task`` has no ``query_y``: the harness removes the query labels before the call. Returns
         ``{"predictions": [max_steps + 1, Q, outputs]}`` (float32): the query logits (classification)
         or outputs (regression) after 0, 1, ..., ``max_steps`` inner steps, and nothing else; the
-        harness computes the metric and the loss of each step from them (``harness.scoring``).
+        harness computes the metric and the loss of each step from them (``harness.run.scoring``).
         """
         raise NotImplementedError
 

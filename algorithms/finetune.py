@@ -38,9 +38,11 @@ class Baseline(Algorithm):
     scales the momentum buffer's gradient by 0.1, so without it each step is about 10x larger, and
     the two differences partly cancel (``docs/fidelity.md`` has the measured effects).
 
+    The head is the class attribute ``head``: ``"linear"`` here, ``"cosine"`` in Baseline++ (cosine
+    similarity to weight-normalised class vectors, times ``scale``); the registered name chooses it,
+    so it is not an option.
+
     Args:
-        head: ``"linear"`` (Baseline) or ``"cosine"`` (Baseline++: cosine similarity to
-            weight-normalised class vectors, times ``scale``).
         scale: cosine head scale; ``0`` picks the authors' rule, 2 for at most 200 classes and 10
             above (so 10 in pre-training on Omniglot, 2 for a 5-way episode).
         dampening: PyTorch SGD's dampening of the momentum buffer (``0``: none).
@@ -55,12 +57,14 @@ class Baseline(Algorithm):
     training_data = "pooled"
     flexible_ways = True
     task_kinds = ("classification",)
+    #: the classifier head, one of :data:`HEADS`: ``"linear"`` or ``"cosine"`` (Baseline++)
+    head = "linear"
 
-    def __init__(self, *, head="linear", finetune="head", finetune_lr=0.01, momentum=0.9,
-                 weight_decay=0.001, scale=0.0, head_seed=0, dampening=0.0, batch_size=0, weight_norm=False):
+    def __init__(self, *, finetune="head", finetune_lr=0.01, momentum=0.9, weight_decay=0.001, scale=0.0, head_seed=0,
+                 dampening=0.0, batch_size=0, weight_norm=False):
         super().__init__()
-        if head not in HEADS:
-            raise ValueError(f"Received head={head!r}; expected one of {list(HEADS)}.")
+        if self.head not in HEADS:
+            raise ValueError(f"{type(self).__name__}.head is {self.head!r}; set the class attribute to one of {list(HEADS)}.")
         if finetune not in FINETUNE:
             raise ValueError(f"Received finetune={finetune!r}; expected one of {list(FINETUNE)}.")
         if not finetune_lr > 0:
@@ -69,9 +73,9 @@ class Baseline(Algorithm):
             raise ValueError(f"Received dampening={dampening}; expected 0 <= dampening < 1 (0.9 in Closer Look's code).")
         if int(batch_size) < 0:
             raise ValueError(f"Received batch_size={batch_size}; expected 0 (the whole support set) or a positive size.")
-        if weight_norm and head != "cosine":
-            raise ValueError(f"Received weight_norm=True with head={head!r}; the learnable gain belongs to the cosine head.")
-        self.head = head
+        if weight_norm and self.head != "cosine":
+            raise ValueError(f"Received weight_norm=True with head={self.head!r}; the learnable gain belongs to the cosine head "
+                             "(baseline++).")
         self.finetune = finetune
         self.finetune_lr = finetune_lr
         self.momentum = momentum
@@ -156,13 +160,10 @@ class Baseline(Algorithm):
 
 
 class BaselinePlusPlus(Baseline):
-    """Baseline++: ``Baseline`` with the cosine head (``head="cosine"``)."""
+    """Baseline++: ``Baseline`` with the cosine head (``head="cosine"``); the same options and defaults."""
 
     name = "baseline++"
-
-    def __init__(self, **options):
-        options.setdefault("head", "cosine")
-        super().__init__(**options)
+    head = "cosine"
 
 
 class Pretrain(Baseline):
@@ -181,18 +182,20 @@ class Pretrain(Baseline):
     with ``finetune="all"``). The MAML paper reports no such baseline on Omniglot: its
     "fine-tuning baseline" rows are miniImageNet numbers quoted from Ravi & Larochelle (2017), a
     protocol this one does not follow, so no published number is paired with it.
+
+    Its options are ``Baseline``'s, with other defaults (``finetune="all"``, no momentum, no weight
+    decay), and ``pretrain_on``.
     """
 
     name = "pretrain"
     task_kinds = ("classification", "regression")
 
-    def __init__(self, *, finetune_lr=0.01, pretrain_on="support_and_query", **options):
-        options.setdefault("finetune", "all")
-        options.setdefault("momentum", 0.0)
-        options.setdefault("weight_decay", 0.0)
+    def __init__(self, *, finetune="all", finetune_lr=0.01, momentum=0.0, weight_decay=0.0, scale=0.0, head_seed=0,
+                 dampening=0.0, batch_size=0, weight_norm=False, pretrain_on="support_and_query"):
         if pretrain_on not in PRETRAIN_ON:
             raise ValueError(f"Received pretrain_on={pretrain_on!r}; expected one of {list(PRETRAIN_ON)} ('support' is the MAML code's).")
-        super().__init__(finetune_lr=finetune_lr, **options)
+        super().__init__(finetune=finetune, finetune_lr=finetune_lr, momentum=momentum, weight_decay=weight_decay, scale=scale,
+                         head_seed=head_seed, dampening=dampening, batch_size=batch_size, weight_norm=weight_norm)
         self.pretrain_on = pretrain_on
 
     def build(self, model, task_kind, engine):

@@ -5,7 +5,7 @@ with momentum (PyTorch's ``torch.optim.SGD`` rule, dampening included) and weigh
 ``steps`` steps, each on the whole support set or, with ``batch_size``, on minibatches of a
 reshuffled support set (epoch after epoch, as Closer Look's ``baselinefinetune.py`` does); the
 query predictions after every step are recorded (``[steps + 1, Q, outputs]``, step 0 being the
-untrained head), for the harness to score (``harness.scoring``).
+untrained head), for the harness to score (``harness.run.scoring``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def weight_norm_gain(kernel):
 
 
 def episode_ways(task) -> int:
-    """The number of classes of an episode, static: the length of its label set (``harness.episodes``)."""
+    """The number of classes of an episode, static: the length of its label set (``harness.data.episodes``)."""
     return int(task["label_set"].shape[-1])
 
 
@@ -163,3 +163,21 @@ def _per_example_loss(objective, predictions, targets):
     if objective.kind == "classification":
         return ops.sparse_categorical_crossentropy(targets, predictions, from_logits=True)
     return ops.mean(ops.reshape(ops.square(predictions - targets), (int(predictions.shape[0]), -1)), axis=-1)
+
+
+def split_head(model):
+    """``model`` as a body and a last layer (the head), for algorithms that treat them apart (ANIL, ProtoNets).
+
+    Returns ``(body, body_index, head_index)``: ``body`` is ``model`` without its last layer, a
+    ``keras.Model`` sharing its weights (``x [n, ...] -> features [n, F]``); ``body_index`` and
+    ``head_index`` are the positions of the body's and the head's weights in
+    ``model.trainable_variables``. Raises ``ValueError`` when state (non-trainable weights, e.g.
+    batch-norm statistics) follows the body.
+    """
+    body = keras.Model(model.input, model.layers[-2].output, name="body")  # model.input: no list-structure warning
+    position = {v.path: i for i, v in enumerate(model.trainable_variables)}
+    body_index = [position[v.path] for v in body.trainable_variables]
+    head_index = [position[v.path] for v in model.layers[-1].trainable_variables]
+    if [v.path for v in body.non_trainable_variables] != [v.path for v in model.non_trainable_variables]:
+        raise ValueError(f"{model.name}: the last layer must be the head, with no state after the body.")
+    return body, body_index, head_index

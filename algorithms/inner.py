@@ -35,3 +35,27 @@ def per_step_per_tensor(rates):
 def first_order(grads):
     """Hold the inner gradients constant (no second-order terms through them)."""
     return [ops.stop_gradient(g) for g in grads]
+
+
+def adam(learning_rate: float, beta1: float = 0.0, beta2: float = 0.999, epsilon: float = 1e-8):
+    """Adam with its moments carried by the caller: ``(init, update)``.
+
+    ``init(params) -> moments`` (zeros: ``[first moments, second moments]``, each a list aligned
+    with ``params``); ``update(params, grads, moments, step) -> (new params, new moments)``, where
+    ``step`` is the 0-based step (a Python int or a scalar tensor). The rule of TensorFlow 1's
+    ``tf.train.AdamOptimizer`` (what Reptile's code runs, with ``beta1=0``): ``lr_t = lr *
+    sqrt(1 - beta2^t) / (1 - beta1^t)`` and ``p -= lr_t * m / (sqrt(v) + epsilon)``, ``t = step + 1``.
+    """
+
+    def init(params):
+        return [[ops.zeros_like(p) for p in params], [ops.zeros_like(p) for p in params]]
+
+    def update(params, grads, moments, step):
+        t = ops.cast(step, "float32") + 1.0
+        rate = learning_rate * ops.sqrt(1.0 - ops.power(beta2, t)) / (1.0 - ops.power(beta1, t))
+        first = [beta1 * m + (1.0 - beta1) * g for m, g in zip(moments[0], grads)]
+        second = [beta2 * v + (1.0 - beta2) * ops.square(g) for v, g in zip(moments[1], grads)]
+        new = [p - rate * m / (ops.sqrt(v) + epsilon) for p, m, v in zip(params, first, second)]
+        return new, [first, second]
+
+    return init, update

@@ -22,7 +22,7 @@ class MAML(Algorithm):
     Args:
         inner_lr: inner-loop step size during meta-training (0.4 for Omniglot 5-way, 0.01 sinusoid).
         inner_steps: inner steps during meta-training (1 for Omniglot 5-way).
-        eval_inner_lr: step size at evaluation; ``None`` means ``inner_lr``.
+        eval_inner_lr: step size at evaluation; ``0.0`` (the default; ``None`` too) means ``inner_lr``.
         first_order: drop the second-order terms of the meta-gradient.
         batch_norm: ``"transductive"``: batch statistics of the current batch at training and test
             time, as in the MAML code; a test query batch is normalised with its own statistics, so
@@ -33,22 +33,30 @@ class MAML(Algorithm):
             variables are not in the ``weights`` dict the inner loop updates, but the
             meta-optimizer learns them).
 
-    Example:
-        >>> maml = MAML(inner_lr=0.4, inner_steps=1).build(model, "classification", engine)
+    Example (one 2-way 1-shot task of 2-d points, a small MLP, eagerly):
+        >>> import numpy as np
+        >>> from metabench.algorithms.models import mlp
+        >>> from metabench.harness.engines import get_engine
+        >>> task = {"support_x": np.array([[0.0, 0.0], [1.0, 1.0]], "float32"), "support_y": np.array([0, 1], "int32"),
+        ...         "query_x": np.array([[0.1, 0.0], [0.9, 1.0]], "float32"), "query_y": np.array([0, 1], "int32"),
+        ...         "label_set": np.array([0, 1], "int32")}
+        >>> maml = MAML(inner_lr=0.4, inner_steps=1).build(mlp(2, 2, hidden=[8]), "classification", get_engine("tensorflow"))
         >>> loss, (metrics, _) = maml.task_loss([v.value for v in maml.meta_variables()], [], task)
+        >>> tuple(loss.shape), sorted(metrics)
+        ((), ['accuracy'])
     """
 
     name = "maml"
 
-    def __init__(self, *, inner_lr=0.01, inner_steps=1, eval_inner_lr=None, first_order=False, batch_norm="transductive",
+    def __init__(self, *, inner_lr=0.01, inner_steps=1, eval_inner_lr=0.0, first_order=False, batch_norm="transductive",
                  adapt_batch_norm=True):
         super().__init__()
         if not inner_lr > 0:
             raise ValueError(f"Received inner_lr={inner_lr}; expected a positive step size.")
         if int(inner_steps) < 1:
             raise ValueError(f"Received inner_steps={inner_steps}; expected at least 1.")
-        if eval_inner_lr is not None and not eval_inner_lr > 0:
-            raise ValueError(f"Received eval_inner_lr={eval_inner_lr}; expected a positive step size or None.")
+        if eval_inner_lr and not eval_inner_lr > 0:
+            raise ValueError(f"Received eval_inner_lr={eval_inner_lr}; expected a positive step size, or 0 for inner_lr.")
         if batch_norm not in BATCH_NORM_MODES:
             raise ValueError(f"Received batch_norm={batch_norm!r}; expected one of {list(BATCH_NORM_MODES)}.")
         self.inner_lr = inner_lr
@@ -89,7 +97,7 @@ class MAML(Algorithm):
         return loss, ({self.objective.metric_name: self.objective.metric(predictions, task["query_y"])}, state)
 
     def task_eval(self, params, state, task, max_steps):
-        lr = self.inner_lr if self.eval_inner_lr is None else self.eval_inner_lr
+        lr = self.eval_inner_lr or self.inner_lr
         fast = [ops.stop_gradient(p) for p in params]
         predictions = []
         for step in range(int(max_steps) + 1):

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import platformdirs
 
 from metabench.harness.errors import MetabenchError
 
@@ -167,7 +168,6 @@ def default_cache_dir() -> Path:
     env = os.environ.get("METABENCH_CACHE")
     if env:
         return Path(env).expanduser()
-    import platformdirs
 
     return Path(platformdirs.user_cache_dir("metabench"))
 

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .base import (
     ClassificationDataset,
@@ -75,11 +77,12 @@ class MiniImageNet(ClassificationDataset):
     arguments and the data folder; a split's CSV is read and its images decoded (or loaded from
     the cache) on the first ``split`` call, once per object.
 
-    Example:
-        >>> mini = MiniImageNet("/data")
-        >>> mini.class_names("val")[:2]
+    Example (not run as a doctest: it needs the real miniImageNet under ``/data/miniimagenet/``;
+    tests/test_miniimagenet.py runs the loader on generated images):
+        >>> mini = MiniImageNet("/data")  # doctest: +SKIP
+        >>> mini.class_names("val")[:2]  # doctest: +SKIP
         ('n01855672', 'n02091244')
-        >>> mini.split("test").images.shape
+        >>> mini.split("test").images.shape  # doctest: +SKIP
         (20, 600, 84, 84, 3)
     """
 
@@ -272,9 +275,6 @@ def _decode_files(files: list[Path], image_size: int, show_progress: bool, descr
 
 
 def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -14,7 +14,9 @@ registers (``metabench list`` shows them); the other tables are fixed::
     [engine]       xla, deterministic, parallel_tasks
 
 Every key is checked: an unknown key or a value of the wrong type is an error naming the key and
-what is allowed, raised before any data is read or any training starts.
+what is allowed, raised before any data is read or any training starts. A component's options and
+defaults are those of its signature (``metabench.harness.registry``); validating a config imports
+neither Keras nor TensorFlow.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ FIXED_TABLES = {
         "ensemble_top_k": 0,  # >0: also evaluate the top-k checkpoints by validation accuracy, logits averaged
         "validation_split": "val",
         "validation_episodes": 200,
+        "prequential": False,  # true: also the online (prequential) evaluation, support examples one at a time
     },
     "engine": {"xla": False, "deterministic": False, "parallel_tasks": 1, "task_map": "auto"},
 }
@@ -125,8 +128,9 @@ def load_config(source: str, overrides: list[str] | tuple[str, ...] = ()) -> dic
 def read_raw_config(source: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, str]:
     """The parsed TOML of ``source`` with ``overrides`` applied, not yet validated; and its origin.
 
-    Validation imports the registered components (hence Keras), so a caller that must pick the
-    Keras backend first reads ``raw["backend"]`` here, selects it, then calls ``resolve_config``.
+    Validation imports no Keras (the registry reads our components' defaults from their source), so
+    ``load_config`` is safe anywhere; a caller that then builds the run reads ``raw["backend"]``
+    here and selects it before anything imports Keras.
     """
     text, origin = read_config_text(source)
     try:
@@ -343,6 +347,8 @@ HASH_NEUTRAL = (
     (("algorithm", "weight_norm"), False, ()),
     (("algorithm", "pretrain_on"), "support_and_query", ()),
     (("dataset", "preprocess"), "lanczos_inverted", ()),
+    # Prequential (online) evaluation (issue 18): off, a run evaluates as before.
+    (("evaluation", "prequential"), False, ()),
 )
 
 

@@ -16,3 +16,13 @@ def shared_data_dir() -> Path:
     if not (SHARED_DATA / "omniglot" / "images_background.zip").is_file():
         pytest.skip(f"Omniglot archives not found under {SHARED_DATA} (the data dir the tests read)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An empty results store, ``tmp_path / "results.sqlite"``, open for the test; a test file that
+    needs runs in it overrides this with a ``store(store)`` fixture that adds them (``helpers.record_run``)."""
+    from metabench.harness.results.store import ResultsStore  # only the tests that use a store load it
+
+    with ResultsStore(tmp_path / "results.sqlite") as opened:
+        yield opened

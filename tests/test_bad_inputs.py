@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metabench.harness import checkpoint
-from metabench.harness.checkpoint import CheckpointFolder
-from metabench.harness.cli import main
-from metabench.harness.store import ResultsStore
+from metabench.harness.run import checkpoint
+from metabench.harness.run.checkpoint import CheckpointFolder
+from metabench.harness.cli.main import main
+from metabench.harness.results.store import ResultsStore
 
 
 def _run(tmp_path, *args):
@@ -358,8 +358,8 @@ def _check_commands(*argv) -> int:
 
 
 def test_catalogue_baseline_file_from_a_different_setting(tmp_path, capsys):
-    from metabench.harness.config import config_hash
-    from metabench.harness.results import Evaluation, RunInfo
+    from helpers import record_run
+    from metabench.harness.results.records import Evaluation
 
     config = {"name": "t", "seed": 0, "backend": "tensorflow", "algorithm": {"name": "maml"},
               "engine": {"deterministic": True}, "evaluation": {"seed": 1, "episodes": 4}}
@@ -369,11 +369,9 @@ def test_catalogue_baseline_file_from_a_different_setting(tmp_path, capsys):
         for shots, fingerprint in ((5, "a" * 64), (10, "b" * 64)):
             run_config = copy.deepcopy(config)
             run_config["evaluation"]["shots"] = [shots]
-            info = RunInfo("maml", "sinusoid", 0, run_config, config_hash(run_config), "tensorflow", "CPU", {"metabench": "0.1.0"})
-            run_id = store.start_run(info)
             values = {0: np.array([3.0, 2.5, 2.0, 1.5]), 1: np.array([1.0, 0.5, 0.25, 0.125])}
-            store.complete_run(run_id, [Evaluation("test", None, shots, 100, fingerprint, "mse", 1, values)], [], {})
-            runs.append(run_id)
+            evaluation = Evaluation("test", None, shots, 100, fingerprint, "mse", 1, values)
+            runs.append(record_run(store, [evaluation], config=run_config, versions={"metabench": "0.1.0"}))
     baseline = tmp_path / "baseline.json"
     assert _check_commands("baseline", "save", runs[0], "--store", store_path, "--out", baseline, "--quiet") == 0
     capsys.readouterr()

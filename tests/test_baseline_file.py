@@ -9,16 +9,16 @@ import math
 import numpy as np
 import pytest
 
-from metabench.harness.baseline_file import (
+from metabench.harness.results.baseline_file import (
     FORMAT,
     Baseline,
     BaselineError,
     config_differences,
 )
-from metabench.harness.cli import main
-from metabench.harness.config import config_hash, recipe_hash
-from metabench.harness.results import Evaluation, RunInfo
-from metabench.harness.store import ResultsStore
+from metabench.harness.cli.main import main
+from metabench.harness.config import recipe_hash
+from metabench.harness.results.records import Evaluation
+from helpers import record_run
 
 FP_A = "a" * 64
 FP_B = "b" * 64
@@ -35,20 +35,11 @@ CONFIG = {
 def record(store, values, *, seed=0, config=CONFIG, fingerprint=FP_A, metric="mse", fail=False) -> str:
     """A completed (or failed) run with one evaluation; ``values``: inner steps -> [episodes]."""
     config = dict(copy.deepcopy(config), seed=seed)
-    info = RunInfo("maml", "sinusoid", seed, config, config_hash(config), "tensorflow", "CPU", {"tensorflow": "2.99", "metabench": "0.1.0"})
-    run_id = store.start_run(info)
+    versions = {"tensorflow": "2.99", "metabench": "0.1.0"}
     if fail:
-        store.fail_run(run_id, "failed", "TrainingDiverged: loss nan")
-        return run_id
+        return record_run(store, seed=seed, config=config, versions=versions, fail="TrainingDiverged: loss nan")
     evaluation = Evaluation("test", None, 5, 100, fingerprint, metric, 1, {k: np.asarray(v, dtype=float) for k, v in values.items()})
-    store.complete_run(run_id, [evaluation], [], {"train_s": 1.0})
-    return run_id
-
-
-@pytest.fixture
-def store(tmp_path):
-    with ResultsStore(tmp_path / "results.sqlite") as opened:
-        yield opened
+    return record_run(store, [evaluation], seed=seed, config=config, versions=versions, timings={"train_s": 1.0})
 
 
 def test_round_trip_is_exact_and_plain_json(store, tmp_path):

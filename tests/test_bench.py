@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from metabench.harness.bench import PEER_KEYS, BenchError, run_bench
-from metabench.harness.cli import main
+from metabench.harness.run.bench import PEER_KEYS, BenchError, run_bench
+from metabench.harness.cli.main import main
 
 TINY = ["--ways", "2", "--shots", "1", "--queries", "2", "--meta-batch", "2", "--inner-steps", "1",
         "--iters", "2", "--image-size", "8", "--filters", "4", "--json"]
@@ -33,7 +33,7 @@ def test_bench_json_on_tensorflow(capsys):
 
 def test_bench_json_on_jax():
     pytest.importorskip("jax")
-    code = "import sys; from metabench.harness.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from metabench.harness.cli.main import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
     done = subprocess.run([sys.executable, "-c", code, "bench", "--backend", "jax", *TINY,
                            "--conv", "matmul"], env=env, capture_output=True, text=True, timeout=240)

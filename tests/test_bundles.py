@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metabench.harness.bundles import (
+from metabench.harness.results.bundles import (
     FORMAT,
     BundleError,
     content_sha256,
@@ -22,10 +22,11 @@ from metabench.harness.bundles import (
     open_bundles,
     read_bundle,
 )
-from metabench.harness.cli import main
+from metabench.harness.cli.main import main
 from metabench.harness.config import config_hash, recipe_hash
-from metabench.harness.results import CurvePoint, Evaluation, RunInfo
-from metabench.harness.store import ResultsStore, StoreError
+from metabench.harness.results.records import CurvePoint, Evaluation, RunInfo
+from metabench.harness.results.store import ResultsStore, StoreError
+from helpers import record_run
 
 
 def _config(algorithm: str = "maml", seed: int = 0, label: str = "", **options) -> dict:
@@ -66,11 +67,9 @@ def _evaluations(rng: np.random.Generator, episodes: int = 40) -> list[Evaluatio
 
 
 def _completed(store: ResultsStore, config: dict, rng: np.random.Generator, **info) -> str:
-    run_id = store.start_run(_info(config, **info))
     curve = [CurvePoint(50, 1.5, 0.4, 3.25), CurvePoint(100, math.nan, 0.7, 6.5)]
-    store.complete_run(run_id, _evaluations(rng), curve, {"train_s": 12.5, "evaluate_s": 3.0},
-                       events=[{"event": "nan_retry", "at": "2025-01-01T00:00:00.000+00:00", "meta_lr": 0.0005}])  # fmt: skip
-    return run_id
+    return record_run(store, _evaluations(rng), info=_info(config, **info), curve=curve, timings={"train_s": 12.5, "evaluate_s": 3.0},
+                      events=[{"event": "nan_retry", "at": "2025-01-01T00:00:00.000+00:00", "meta_lr": 0.0005}])  # fmt: skip
 
 
 @pytest.fixture
@@ -176,7 +175,7 @@ def test_bundle_layout_is_the_documented_one(source, tmp_path):
 
 
 def test_open_bundles_gives_a_store_that_renders_the_same_leaderboard(source, tmp_path):
-    from metabench.harness.report import write_leaderboard
+    from metabench.harness.analysis.report import write_leaderboard
 
     store, ids, _, _ = source
     export_runs(store, ids[:2], tmp_path / "runs" / "maml.jsonl.gz")

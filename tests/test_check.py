@@ -15,11 +15,12 @@ import re
 import numpy as np
 import pytest
 
-from metabench.harness import runner
-from metabench.harness.baseline_file import Baseline
-from metabench.harness.cli import main
+from metabench.harness.cli.main import main
 from metabench.harness.config import load_config
-from metabench.harness.store import ResultsStore
+from metabench.harness.results.baseline_file import Baseline
+from metabench.harness.results.store import ResultsStore
+from metabench.harness.run.lifecycle import run
+from metabench.harness.run.prepare import prepare
 
 CHEAP = ["train.meta_iterations=300", "evaluation.episodes=100", "evaluation.inner_steps=[0, 1]", "engine.deterministic=true"]
 DEGRADED = "algorithm.inner_lr=0.0001"  # the quickstart's 0.01 divided by 100
@@ -36,8 +37,8 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("check")
     store_path = folder / "results.sqlite"
     with ResultsStore(store_path) as store:
-        base = runner.run(load_config("quickstart", CHEAP), store=store, show_progress=False).run_id
-        degraded = runner.run(load_config("quickstart", [*CHEAP, DEGRADED]), store=store, show_progress=False).run_id
+        base = run(load_config("quickstart", CHEAP), store=store, show_progress=False).run_id
+        degraded = run(load_config("quickstart", [*CHEAP, DEGRADED]), store=store, show_progress=False).run_id
     baseline = folder / "maml_sinusoid.json"
     assert _metabench("baseline", "save", base, "--store", store_path, "--out", baseline) == 0
     return {"folder": folder, "store": store_path, "baseline": baseline, "base": base, "degraded": degraded}
@@ -98,7 +99,7 @@ def test_mismatched_fingerprints_exit_2_naming_both_before_training(trained, cap
     err = capsys.readouterr().err
     assert code == 2
     ours = Baseline.load(trained["baseline"]).settings[0].fingerprint
-    theirs = runner.prepare(load_config("quickstart", [*CHEAP, "evaluation.seed=2"])).eval_sets[0].fingerprint
+    theirs = prepare(load_config("quickstart", [*CHEAP, "evaluation.seed=2"])).eval_sets[0].fingerprint
     assert ours != theirs
     assert re.search(rf"could not compare: Episode fingerprints differ for sinusoid test 5-shot \(100 queries\): the baseline's is {ours}, "
                      rf"the candidate's is {theirs}\..*Config keys that differ from the baseline's: evaluation.seed: 1 -> 2", err)  # fmt: skip

@@ -9,13 +9,14 @@ import re
 import numpy as np
 import pytest
 
-from metabench.harness.baseline_file import Baseline, RunRecord, SettingResults
-from metabench.harness.check import CheckError, CheckResult, compare
-from metabench.harness.cli import main
+from metabench.harness.results.baseline_file import Baseline, RunRecord, SettingResults
+from metabench.harness.analysis.comparison import CheckError, CheckResult, compare
+from metabench.harness.cli.main import main
 from metabench.harness.config import config_hash, recipe_hash
-from metabench.harness.results import Evaluation, RunInfo
-from metabench.harness.stats import holm
-from metabench.harness.store import ResultsStore
+from metabench.harness.results.records import Evaluation
+from metabench.harness.analysis.stats import holm
+from metabench.harness.results.store import ResultsStore
+from helpers import record_run
 
 FP_5 = "5" * 64
 FP_10 = "a" * 64
@@ -252,10 +253,8 @@ def test_json_has_the_decision_difference_ci_p_value_and_n():
 
 def _record(store, values, seed=0, config=CONFIG) -> str:
     config = dict(copy.deepcopy(config), seed=seed)
-    info = RunInfo("maml", "sinusoid", seed, config, config_hash(config), "tensorflow", "CPU", {"tensorflow": "2.21.0"})
-    run_id = store.start_run(info)
-    store.complete_run(run_id, [Evaluation("test", None, 5, 100, FP_5, "mse", 1, {0: np.zeros(len(values)), 1: np.asarray(values)})], [], {})
-    return run_id
+    evaluation = Evaluation("test", None, 5, 100, FP_5, "mse", 1, {0: np.zeros(len(values)), 1: np.asarray(values)})
+    return record_run(store, [evaluation], seed=seed, config=config, versions={"tensorflow": "2.21.0"})
 
 
 def _metabench(*argv) -> int:

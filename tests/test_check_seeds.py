@@ -14,10 +14,10 @@ import json
 
 import pytest
 
-from metabench.harness.baseline_file import Baseline
-from metabench.harness.cli import main
+from metabench.harness.results.baseline_file import Baseline
+from metabench.harness.cli.main import main
 from metabench.harness.config import load_config, recipe_hash
-from metabench.harness.store import ResultsStore
+from metabench.harness.results.store import ResultsStore
 
 TINY = ["train.meta_iterations=30", "evaluation.episodes=50", "evaluation.inner_steps=[0, 1]", "engine.deterministic=true"]
 SETS = [arg for override in TINY for arg in ("--set", override)]

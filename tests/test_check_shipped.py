@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from metabench.harness.baseline_file import Baseline
-from metabench.harness.pytest_plugin import metabench_check  # noqa: F401  (the fixture; also registered via pytest11)
+from metabench.harness.results.baseline_file import Baseline
+from metabench.harness.testing.pytest_plugin import metabench_check  # noqa: F401  (the fixture; also registered via pytest11)
 
 BASELINES = sorted((Path(__file__).parent / "baselines").glob("*.json"))
 

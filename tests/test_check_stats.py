@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from metabench.harness.stats import (
+from metabench.harness.analysis.stats import (
     EquivalenceTest,
     OneSidedTest,
     paired_one_sided,

@@ -13,11 +13,13 @@ import re
 import numpy as np
 import pytest
 
-from metabench.harness import checkpoint, runner
-from metabench.harness.checkpoint import Checkpoint, CheckpointError, CheckpointFolder, TrainingState
+from metabench.harness.run import checkpoint
+from metabench.harness.run.checkpoint import Checkpoint, CheckpointError, CheckpointFolder, TrainingState
+from metabench.harness.run.prepare import prepare
+from metabench.harness.run.session import build
 from metabench.harness.config import load_config
 from metabench.harness.engines import get_engine, select_backend
-from metabench.harness.results import CurvePoint
+from metabench.harness.results.records import CurvePoint
 
 SMALL = ["train.meta_iterations=40", "train.log_every=4", "evaluation.episodes=10", "engine.deterministic=true"]
 
@@ -57,9 +59,9 @@ def _files(folder: CheckpointFolder) -> list[str]:
 def sinusoid():
     config = load_config("quickstart", SMALL)
     select_backend(config["backend"])
-    prepared = runner.prepare(config)
+    prepared = prepare(config)
     engine = get_engine(config["backend"], **config["engine"])
-    return config, lambda: runner.build(config, prepared, engine)
+    return config, lambda: build(config, prepared, engine)
 
 
 def _steps(session, start: int, count: int) -> list[float]:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metabench.harness.cli import _ABSL_LINE, _absl_lines_filtered, _join_split_values, main
+from metabench.harness.cli.main import _ABSL_LINE, _absl_lines_filtered, _join_split_values, main
 from metabench.harness.config import ConfigError, load_config, resolve_component
 from metabench.harness.errors import MetabenchError, UsageError
 
@@ -53,12 +53,12 @@ def test_every_exception_class_of_the_package_is_a_metabench_error_and_keeps_its
     classes = _exception_classes()
     assert len(classes) >= 15, sorted(classes)  # the walk found them: the check bites
     interrupts = {name for name, cls in classes.items() if issubclass(cls, KeyboardInterrupt)}
-    assert interrupts == {"metabench.harness.runner.RunInterrupted"}  # a signal, not an error: stays a KeyboardInterrupt
+    assert interrupts == {"metabench.harness.run.core.RunInterrupted"}  # a signal, not an error: stays a KeyboardInterrupt
     strays = sorted(name for name, cls in classes.items() if name not in interrupts and not issubclass(cls, MetabenchError))
     assert not strays, f"exception classes that do not derive from MetabenchError: {strays}"
     from metabench.harness.config import ConfigError
     from metabench.harness.registry import RegistryError
-    from metabench.harness.store import StoreError
+    from metabench.harness.results.store import StoreError
 
     assert issubclass(ConfigError, ValueError) and issubclass(RegistryError, KeyError) and issubclass(StoreError, RuntimeError)
 
@@ -104,7 +104,7 @@ def test_only_the_cli_prints_metabench_error_by_hand():
     printing = sorted(
         str(path.relative_to(HARNESS)) for path in HARNESS.rglob("*.py") if "metabench: error:" in path.read_text(encoding="utf-8")
     )
-    assert printing == ["cli.py", "commands/check.py", "commands/episodes.py"]
+    assert printing == ["cli/check.py", "cli/episodes.py", "cli/main.py"]
 
 
 def test_usage_error_is_a_value_error_and_a_metabench_error():
@@ -119,7 +119,7 @@ def test_help_and_list_answer_quickly_without_tensorflow(argv):
     code = (
         "import sys, time\n"
         "started = time.perf_counter()\n"
-        "from metabench.harness.cli import main\n"
+        "from metabench.harness.cli.main import main\n"
         "try:\n"
         f"    main({argv!r})\n"
         "except SystemExit:\n"
@@ -229,18 +229,10 @@ def test_an_option_the_new_algorithm_does_not_take_is_an_error_naming_it():
 
 
 def _seedless_maml(**options):
-    """A plugin, broken on purpose: perturbs its initial weights from an unseeded generator."""
-    from metabench.algorithms.maml import MAML
+    """A plugin's factory for an algorithm broken on purpose (helpers.seedless_maml: weights perturbed unseeded)."""
+    from helpers import seedless_maml
 
-    class SeedlessMAML(MAML):
-        def build(self, model, task_kind, engine):
-            super().build(model, task_kind, engine)
-            rng = np.random.default_rng()  # no seed: different every time
-            for variable in model.trainable_variables:
-                variable.assign(variable.value + rng.normal(0, 0.05, size=tuple(variable.shape)).astype("float32"))
-            return self
-
-    return SeedlessMAML(eval_inner_lr=options.pop("eval_inner_lr") or None, **options)
+    return seedless_maml(eval_inner_lr=options.pop("eval_inner_lr") or None, **options)
 
 
 def test_conformance_runs_the_contract_on_a_plugin_and_exits_1_when_a_check_fails(monkeypatch, capsys):
@@ -255,7 +247,7 @@ def test_conformance_runs_the_contract_on_a_plugin_and_exits_1_when_a_check_fail
     assert out.startswith("conformance of seedless_maml (from a-plugin) with inner_lr=0.1, inner_steps=1")
     assert re.search(r"^  FAIL  regression-deterministic \(\d+\.\d s\): two trainings with seed 0 differ", out, re.M)
     assert re.search(r"^  PASS  regression-no_query_label_leak \(\d+\.\d s\)$", out, re.M)
-    assert re.search(r"^\d of 5 checks passed$", out, re.M)
+    assert re.search(r"^\d of 6 checks passed$", out, re.M)
 
 
 def test_conformance_refuses_an_option_the_algorithm_does_not_take(capsys):
@@ -267,18 +259,18 @@ def test_conformance_refuses_an_option_the_algorithm_does_not_take(capsys):
 
 
 def test_stats_reads_the_leaderboard_csv_that_report_writes(tmp_path, capsys):
-    from metabench.harness.results import CurvePoint, Evaluation, RunInfo
-    from metabench.harness.store import ResultsStore
+    from helpers import record_run
+    from metabench.harness.results.records import CurvePoint, Evaluation
+    from metabench.harness.results.store import ResultsStore
 
     rng = np.random.default_rng(0)
     with ResultsStore(tmp_path / "s.sqlite") as store:
         for setting, (ways, fingerprint) in enumerate(((5, "a" * 64), (20, "b" * 64), (10, "c" * 64))):
             for skill, algorithm in ((0.9, "maml"), (0.7, "pretrain"), (0.5, "baseline")):
                 values = np.clip(skill - 0.05 * setting + rng.normal(0, 0.05, 30), 0, 1)
-                run_id = store.start_run(RunInfo(algorithm, "omniglot", 0, {"seed": 0}, f"{setting}{algorithm}", "tensorflow",
-                                                 "CPU", {}))  # fmt: skip
                 evaluation = Evaluation("test", ways, 1, 15, fingerprint, "accuracy", 1, {0: values * 0.5, 1: values}, {})
-                store.complete_run(run_id, [evaluation], [CurvePoint(1, 1.0, 0.5, 0.1)], {"train_s": 1.0})
+                record_run(store, [evaluation], algorithm=algorithm, dataset="omniglot", config_hash=f"{setting}{algorithm}",
+                           curve=[CurvePoint(1, 1.0, 0.5, 0.1)], timings={"train_s": 1.0})  # fmt: skip
     assert main(["report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "report")]) == 0
     leaderboard = tmp_path / "report" / "leaderboard.csv"
     assert pd.read_csv(leaderboard).columns[0] == "dataset"
@@ -298,7 +290,7 @@ def test_stats_reads_the_leaderboard_csv_that_report_writes(tmp_path, capsys):
 
 
 def test_a_curve_or_steps_series_of_one_point_is_drawn_as_a_marker():
-    from metabench.harness.figures import learning_curves_figure, steps_figure
+    from metabench.harness.analysis.figures import learning_curves_figure, steps_figure
 
     curves = pd.DataFrame({"run_id": ["r1"], "label": ["maml"], "iteration": [300], "loss": [0.5], "metric": [0.9]})
     figure = learning_curves_figure(curves)
@@ -312,7 +304,7 @@ def test_a_curve_or_steps_series_of_one_point_is_drawn_as_a_marker():
 
 
 def test_non_finite_or_absurd_differences_print_as_such():
-    from metabench.harness.check import _signed
+    from metabench.harness.analysis.comparison import _signed
 
     assert _signed(0.5, " pp") == "+0.500 pp"
     assert _signed(1.1251414285614288e25, "% of baseline MSE") == "+1.13e+25% of baseline MSE (diverged)"

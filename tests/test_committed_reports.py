@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from metabench.harness.cli import main
+from metabench.harness.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = REPO / "reports"

@@ -1,6 +1,8 @@
 """Config validation: every bad key or value is refused up front, with a message naming it."""
 
 import copy
+import subprocess
+import sys
 
 import pytest
 
@@ -21,6 +23,18 @@ def test_shipped_configs_all_resolve():
     for name in names:
         config = load_config(name)
         assert config["algorithm"]["name"] in ALGORITHMS.names()
+
+
+def test_validating_a_config_imports_neither_keras_nor_tensorflow():
+    """`metabench list` and validation read our components' defaults from source: a fresh process stays light."""
+    code = (
+        "import sys; from metabench.harness.config import load_config, config_hash; "
+        "config = load_config('omniglot_5way1shot_baseline', ['algorithm.name=mamlpp', 'model.name=conv4']); "
+        "config_hash(config); load_config('sinusoid_reptile'); "
+        "print(sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_paper_protocol_values_in_shipped_configs():
@@ -112,3 +126,130 @@ def test_an_option_added_later_leaves_existing_hashes_alone_at_its_neutral_value
     assert config_hash(native) == config_hash(before_the_option)
     matmul = load_config("omniglot_5way1shot_maml", ["model.conv=matmul"])
     assert config_hash(matmul) != config_hash(native)
+
+
+# ------------------------------------------------------------------ every key of a resolved config in the hash
+
+# The keys a config's hashes may leave out, declared here on purpose and not read from harness.config:
+# adding a key to those sets there, or dropping one from the hash any other way, fails a test below.
+DISPLAY_KEYS = {("name",), ("label",), ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints")}
+SEED_ONLY_IN_CONFIG_HASH = {("seed",)}  # runs of one recipe are its seeds: in config_hash, not recipe_hash
+# keys that only matter while another option is off its neutral value (HASH_NEUTRAL's dependents)
+ACTIVE_ONLY_WITH = {
+    ("train", "nan_lr_factor"): (("train", "nan_retries"), 0),
+    ("evaluation", "validation_split"): (("evaluation", "ensemble_top_k"), 0),
+    ("evaluation", "validation_episodes"): (("evaluation", "ensemble_top_k"), 0),
+}
+
+
+def _leaves(config: dict, prefix: tuple = ()):
+    """Every leaf key path of a resolved config, as found in the config itself (a new key is covered)."""
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key)
+
+
+def _get(config: dict, path: tuple):
+    for part in path:
+        config = config[part]
+    return config
+
+
+def _set(config: dict, path: tuple, value) -> dict:
+    changed = copy.deepcopy(config)
+    node = changed
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return changed
+
+
+def _changed(value):
+    """Another value of the same type as ``value``."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value + 0.5
+    if isinstance(value, str):
+        return value + "-changed"
+    if isinstance(value, list):
+        return [*value, _changed(value[-1]) if value else 1]
+    raise TypeError(f"a config value of type {type(value).__name__} ({value!r}): teach _changed to change it")
+
+
+def _hash_coverage_failures(config: dict) -> list[str]:
+    """For every leaf of ``config``, what is wrong with how its change moves config_hash and recipe_hash."""
+    from metabench.harness.config import recipe_hash
+
+    failures = []
+    hashes = (config_hash(config), recipe_hash(config))
+    for path in _leaves(config):
+        changed = _set(config, path, _changed(_get(config, path)))
+        moved = (config_hash(changed) != hashes[0], recipe_hash(changed) != hashes[1])
+        controller = ACTIVE_ONLY_WITH.get(path)
+        if path in DISPLAY_KEYS or (controller and _get(config, controller[0]) == controller[1]):
+            expected = (False, False)
+        elif path in SEED_ONLY_IN_CONFIG_HASH:
+            expected = (True, False)
+        else:
+            expected = (True, True)
+        if moved != expected:
+            failures.append(f"{'.'.join(path)}: changing it moved (config_hash, recipe_hash) = {moved}, expected {expected}")
+    return failures
+
+
+def _every_neutral_option_on(config: dict) -> dict:
+    """``config`` with every HASH_NEUTRAL option off its neutral value, so the keys that depend on one count."""
+    from metabench.harness.config import HASH_NEUTRAL
+
+    for (table, key), neutral, _ in HASH_NEUTRAL:
+        if key in config.get(table, {}) and config[table][key] == neutral:
+            config = _set(config, (table, key), _changed(neutral))
+    return config
+
+
+def test_the_keys_left_out_of_the_hashes_are_exactly_the_declared_ones():
+    from metabench.harness.config import HASH_NEUTRAL, NOT_HASHED, NOT_IN_RECIPE
+
+    assert NOT_HASHED == DISPLAY_KEYS, "a key left out of the hashes must be a display key, declared in this test too"
+    assert NOT_IN_RECIPE == SEED_ONLY_IN_CONFIG_HASH
+    dependents = {dependent: (where, neutral) for where, neutral, deps in HASH_NEUTRAL for dependent in deps}
+    assert dependents == ACTIVE_ONLY_WITH
+
+
+@pytest.mark.parametrize("name", sorted(shipped_configs()))
+def test_every_key_of_a_shipped_config_moves_its_hashes_but_the_display_keys(name):
+    config = load_config(name)
+    assert ("train", "meta_iterations") in set(_leaves(config))
+    assert _hash_coverage_failures(config) == []
+    assert _hash_coverage_failures(_every_neutral_option_on(config)) == []
+
+
+def test_an_option_at_its_neutral_value_hashes_as_if_it_did_not_exist():
+    from metabench.harness.config import HASH_NEUTRAL
+
+    for name in shipped_configs():
+        config = _every_neutral_option_on(load_config(name))
+        for (table, key), neutral, dependents in HASH_NEUTRAL:
+            if key not in config.get(table, {}):
+                continue
+            at_neutral = _set(config, (table, key), neutral)
+            without = copy.deepcopy(at_neutral)
+            del without[table][key]
+            for dependent_table, dependent in dependents:
+                without[dependent_table].pop(dependent)
+            assert config_hash(at_neutral) == config_hash(without), (name, table, key)
+            assert config_hash(at_neutral) != config_hash(config), (name, table, key)
+
+
+def test_the_hash_coverage_check_bites_on_a_key_left_out_of_the_hash(monkeypatch):
+    from metabench.harness import config as config_module
+
+    config = load_config("quickstart")
+    monkeypatch.setattr(config_module, "NOT_HASHED", config_module.NOT_HASHED | {("train", "meta_iterations")})
+    failures = _hash_coverage_failures(config)
+    assert [f.split(":")[0] for f in failures] == ["train.meta_iterations"]

@@ -41,8 +41,8 @@ def _cases(backend: str, engine_options: dict | None = None, names=tuple(CASES))
 
     from metabench.algorithms.maml import MAML
     from metabench.algorithms.models import conv4
-    from metabench.harness.bench import random_batch, set_numpy_weights
-    from metabench.harness.scoring import scored_task_eval
+    from metabench.harness.run.bench import random_batch, set_numpy_weights
+    from metabench.harness.run.scoring import scored_task_eval
 
     engine = get_engine(backend, **(engine_options or {}))
     engine.set_matmul_precision("highest")
@@ -158,3 +158,42 @@ def test_trajectory_records_every_step_eager_compiled_and_vectorized():
 
 #: ``engine.trajectory`` of the test above for tasks [1, 2] and [3, 4]: [tasks, steps + 1, 2].
 TRAJECTORY = [[[3, 6], [6, 12], [15, 27], [36, 60]], [[9, 12], [18, 24], [39, 51], [84, 108]]]
+
+
+def _engine_uses() -> dict[str, list[str]]:
+    """Attribute -> where it is used, for every ``engine.X`` (``self.engine.X``, ``session.engine.X``, ...)
+    outside the engines, and ``"getattr"``/``"hasattr"`` -> where an engine is probed instead."""
+    import ast
+
+    repo = Path(__file__).resolve().parents[1]
+    files = [p for folder in ("harness", "algorithms") for p in sorted((repo / folder).rglob("*.py"))
+             if "engines" not in p.relative_to(repo).parts]  # fmt: skip
+
+    def is_engine(node):
+        return (isinstance(node, ast.Name) and node.id == "engine") or (isinstance(node, ast.Attribute) and node.attr == "engine")
+
+    uses: dict[str, list[str]] = {}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            where = f"{path.relative_to(repo)}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Attribute) and is_engine(node.value):
+                uses.setdefault(node.attr, []).append(where)
+            probe = isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+            if probe and node.args and is_engine(node.args[0]):
+                uses.setdefault(node.func.id, []).append(where)
+    return uses
+
+
+def test_the_engine_base_class_declares_every_method_callers_use_with_a_docstring():
+    import inspect
+
+    from metabench.harness.engines import Engine
+
+    uses = _engine_uses()
+    assert {"value_and_grad", "make_meta_trainer", "make_evaluator", "trajectory"} <= set(uses)
+    probes = {name: uses.pop(name) for name in ("getattr", "hasattr") if name in uses}
+    assert not probes, f"engines probed instead of declared on Engine: {probes}"
+    undeclared = {name: where for name, where in uses.items() if not hasattr(Engine, name)}
+    assert not undeclared, f"engine attributes callers use but harness/engines/base.py does not declare: {undeclared}"
+    undocumented = [name for name in uses if callable(getattr(Engine, name)) and not inspect.getdoc(getattr(Engine, name))]
+    assert not undocumented, f"Engine methods without a docstring: {undocumented}"

@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 
-from metabench.harness.cli import main
-from metabench.harness.report import build_report
-from metabench.harness.store import ResultsStore
+from metabench.harness.cli.main import main
+from metabench.harness.analysis.leaderboard import build_report
+from metabench.harness.results.store import ResultsStore
 
 
 def _run(tmp_path, data, *overrides):
@@ -26,7 +26,7 @@ def test_top_1_of_the_final_checkpoint_equals_the_last_checkpoint(tmp_path, shar
     ensemble = headline[headline.notes.str.contains("top-1 checkpoints")].sort_values("episode").value.to_numpy()
     single = headline[~headline.notes.str.contains("top-1 checkpoints")].sort_values("episode").value.to_numpy()
     assert len(ensemble) == len(single) == 20
-    # The harness scores both the same way (harness.scoring): the same numbers, bit for bit.
+    # The harness scores both the same way (harness.run.scoring): the same numbers, bit for bit.
     np.testing.assert_array_equal(ensemble, single)
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from metabench.datasets.base import ClassPool
-from metabench.harness import episodes as ep
-from metabench.harness.cli import main
+from metabench.harness.data import episodes as ep
+from metabench.harness.cli.main import main
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "episode-format.md"
 

@@ -5,7 +5,7 @@ import pytest
 
 from metabench.datasets.base import ClassPool
 from metabench.datasets.sinusoid import Sinusoid
-from metabench.harness import episodes as ep
+from metabench.harness.data import episodes as ep
 
 
 def _pool(classes=12, per_class=10, size=4):

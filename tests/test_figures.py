@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from metabench.harness import figures
-from metabench.harness.stats import nemenyi_cd, nemenyi_groups
+from metabench.harness.analysis import figures
+from metabench.harness.analysis.stats import nemenyi_cd, nemenyi_groups
 
 RANKS = {"maml": 1.4, "mamlpp": 1.6, "baseline": 3.2, "baseline++": 3.8, "pretrain": 4.5, "multitask": 5.5}
 

@@ -47,8 +47,8 @@ def _last_json(stdout: str) -> dict:
 
 QUICKSTART = """
     import json, sys
-    from metabench.harness.cli import main
-    from metabench.harness.store import ResultsStore
+    from metabench.harness.cli.main import main
+    from metabench.harness.results.store import ResultsStore
 
     code = main(["run", "quickstart", "--backend", "jax", "--store", STORE, "--json", "--no-progress", "--quiet",
                  "--set", "train.meta_iterations=50", "--set", "evaluation.episodes=20"])
@@ -100,7 +100,7 @@ CHECKS = {
         import keras, numpy as np
         from metabench.algorithms.maml import MAML
         from metabench.algorithms.models import mlp
-        from metabench.harness.bench import set_numpy_weights
+        from metabench.harness.run.bench import set_numpy_weights
         from metabench.harness.engines import get_engine
 
         x = np.random.default_rng(0).uniform(-5, 5, size=(3, 5, 10, 1)).astype("float32")

@@ -5,10 +5,11 @@ import pytest
 from keras import ops
 
 from metabench.algorithms.mamlpp import MAMLPlusPlus
-from metabench.harness.conformance import classification_setting
+from metabench.harness.testing.conformance import classification_setting
 from metabench.harness.engines import get_engine
-from metabench.harness.checkpoint import TrainingState
-from metabench.harness.runner import build, train_and_evaluate
+from metabench.harness.run.checkpoint import TrainingState
+from metabench.harness.run.core import train_and_evaluate
+from metabench.harness.run.session import build
 
 
 def meta_train(session, config):

@@ -55,13 +55,33 @@ FIXTURE = {
 PER_CLASS = 5
 
 
-def _color(label: str, j: int) -> tuple[int, int, int]:
+def _texture(label: str, j: int, size: tuple[int, int]) -> np.ndarray:
+    """uint8 ``[height, width, 3]`` with texture of known geometry, different for every (class, j): red
+    rises left to right and green top to bottom (from 0 at the first pixel to 200 at the last, plus an
+    offset of the class and j), blue is a checkerboard of 2-pixel cells. Cropping, padding or flipping
+    instead of stretching to S x S changes the pixels; a flat colour would not show it."""
     k = int(label[1:])
-    return (k % 251, (k * 7 + j * 30) % 256, (j * 50) % 256)
+    width, height = size
+    x, y = np.meshgrid(np.arange(width), np.arange(height))
+    red = x * 200 // max(width - 1, 1) + k % 50
+    green = y * 200 // max(height - 1, 1) + j * 10
+    blue = (x // 2 + y // 2) % 2 * 200 + (k * 7 + j * 3) % 50
+    return np.stack([red, green, blue], axis=-1).astype(np.uint8)
+
+
+def _resized(path: Path, size: int) -> np.ndarray:
+    """What the loader must return for the image file at ``path``, computed here: the whole image
+    stretched to ``size x size`` by Pillow's LANCZOS resize (the file decoded as it is, JPEG loss too)."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB").resize((size, size), Image.LANCZOS), dtype=np.uint8)
+
+
+def _image_path(data_dir: Path, label: str, j: int, ext: str = "png") -> Path:
+    return data_dir / "miniimagenet" / "images" / f"{label}{j:08d}.{ext}"
 
 
 def make_miniimagenet(data_dir: Path, size=(12, 12), per_class=PER_CLASS, ext="png") -> Path:
-    """``data_dir/miniimagenet/`` in the Ravi layout: solid-colour images, one colour per (class, j)."""
+    """``data_dir/miniimagenet/`` in the Ravi layout: textured images (``_texture``), ``size`` = (width, height)."""
     root = data_dir / "miniimagenet"
     (root / "splits" / "ravi").mkdir(parents=True, exist_ok=True)
     (root / "images").mkdir(exist_ok=True)
@@ -70,7 +90,7 @@ def make_miniimagenet(data_dir: Path, size=(12, 12), per_class=PER_CLASS, ext="p
         for label in labels:
             for j in range(1, per_class + 1):
                 filename = f"{label}{j:08d}.{ext}"
-                Image.new("RGB", size, _color(label, j)).save(root / "images" / filename)
+                Image.fromarray(_texture(label, j, size), "RGB").save(root / "images" / filename)
                 rows.append(f"{filename},{label}")
         (root / "splits" / "ravi" / f"{split}.csv").write_text("\n".join(rows) + "\n")
     return root
@@ -93,24 +113,35 @@ def test_split_shapes_dtype_order_and_pixels(fixture_dir, tmp_path):
     train = dataset.split("train")
     assert train.class_names == tuple(FIXTURE["train"])
     assert train.images.shape == (4, PER_CLASS, 8, 8, 3) and train.images.dtype == np.uint8
-    # Class c, image j is a solid colour: resizing 12 -> 8 keeps it exactly.
+    # Class c, image j is its file stretched from 12 x 12 to 8 x 8 by LANCZOS, pixel for pixel.
     for c, label in enumerate(FIXTURE["train"]):
         for j in range(PER_CLASS):
-            assert (train.images[c, j] == _color(label, j + 1)).all(), (label, j)
+            np.testing.assert_array_equal(train.images[c, j], _resized(_image_path(fixture_dir, label, j + 1), 8), err_msg=f"{label} {j}")
     gathered = train.gather(np.array([1]), np.array([[0, 4]]))
     assert gathered.dtype == np.float32 and gathered.shape == (1, 2, 8, 8, 3)
-    np.testing.assert_allclose(gathered[0, 1, 0, 0], np.array(_color(FIXTURE["train"][1], 5)) / 255.0)
+    np.testing.assert_allclose(gathered[0, 1], _resized(_image_path(fixture_dir, FIXTURE["train"][1], 5), 8) / 255.0, rtol=1e-6)
     assert dataset.split("test").class_names == tuple(FIXTURE["test"])
 
 
 def test_images_already_at_size_and_non_square_images(tmp_path):
     make_miniimagenet(tmp_path / "data", size=(8, 8))
     square = _dataset(tmp_path / "data", tmp_path / "cache").split("val")
-    assert (square.images[2, 0] == _color(FIXTURE["val"][2], 1)).all()
+    np.testing.assert_array_equal(square.images[2, 0], _texture(FIXTURE["val"][2], 1, (8, 8)))  # kept as it is
+    # Non-square images are stretched to S x S: all of the image, neither cropped nor padded.
     make_miniimagenet(tmp_path / "wide", size=(30, 10), ext="jpg")
-    wide = _dataset(tmp_path / "wide", tmp_path / "cache").split("val")
-    assert wide.images.shape == (3, PER_CLASS, 8, 8, 3)
-    np.testing.assert_allclose(wide.images[1, 3].mean(axis=(0, 1)), _color(FIXTURE["val"][1], 4), atol=4)
+    make_miniimagenet(tmp_path / "tall", size=(9, 21))
+    for data_dir, ext in ((tmp_path / "wide", "jpg"), (tmp_path / "tall", "png")):
+        pool = _dataset(data_dir, tmp_path / "cache").split("val")
+        assert pool.images.shape == (3, PER_CLASS, 8, 8, 3)
+        for c, label in enumerate(FIXTURE["val"]):
+            for j in range(PER_CLASS):
+                expected = _resized(_image_path(data_dir, label, j + 1, ext), 8)
+                np.testing.assert_array_equal(pool.images[c, j], expected, err_msg=f"{data_dir.name} {label} {j}")
+        # The gradients span the whole side: red from the left edge's level to the right edge's, green top to bottom.
+        offset = int(FIXTURE["val"][1][1:]) % 50
+        red, green = pool.images[1, 3, :, :, 0].astype(int), pool.images[1, 3, :, :, 1].astype(int)
+        assert red[:, 0].mean() < offset + 30 and red[:, -1].mean() > offset + 170, data_dir.name
+        assert green[0].mean() < 4 * 10 + 30 and green[-1].mean() > 4 * 10 + 170, data_dir.name
 
 
 def test_construction_and_class_names_need_no_images(tmp_path, monkeypatch):

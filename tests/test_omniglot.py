@@ -169,14 +169,30 @@ def _png(seed: int, size: int = 20) -> bytes:
     return buffer.getvalue()
 
 
-def _members(archive: str, alphabets: dict[str, int], images=20):
+def _pattern(seed: int, size: int = 35) -> np.ndarray:
+    """bool ``[size, size]``, True where the drawing is black (a stroke): a checkerboard whose cells
+    widen from left to right (column x lies in cell ``x * x // 24``) and are 3 rows high, its phase
+    set by ``seed``. No two columns, rows or seeds look alike, so a crop, shift or flip shows."""
+    y, x = np.mgrid[:size, :size]
+    return (x * x // 24 + y // 3 + seed) % 2 == 0
+
+
+def _textured_png(seed: int, size: int = 35) -> bytes:
+    """A mode-"1" PNG like Omniglot's (white background, black strokes) drawn with ``_pattern``."""
+    image = Image.fromarray(~_pattern(seed, size)).convert("1")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _members(archive: str, alphabets: dict[str, int], images=20, drawing=_png):
     members = {}
     seed = 0
     for alphabet, count in alphabets.items():
         for c in range(1, count + 1):
             for j in range(1, images + 1):
                 seed += 1
-                members[f"images_{archive}/{alphabet}/character{c:02d}/{seed:04d}_{j:02d}.png"] = _png(seed)
+                members[f"images_{archive}/{alphabet}/character{c:02d}/{seed:04d}_{j:02d}.png"] = drawing(seed)
     return members
 
 
@@ -194,11 +210,12 @@ def _write_zip(path: Path, members: dict[str, bytes], extra=None, compression=zi
             zf.writestr(name, data)
 
 
-def make_omniglot(data_dir: Path, background=BACKGROUND, evaluation=EVALUATION, extra=None, folders=False):
-    """``data_dir/omniglot/images_{background,evaluation}.zip`` (or folders) with 20-pixel PNGs."""
+def make_omniglot(data_dir: Path, background=BACKGROUND, evaluation=EVALUATION, extra=None, folders=False, drawing=_png):
+    """``data_dir/omniglot/images_{background,evaluation}.zip`` (or folders) with PNGs made by ``drawing(seed)``
+    (20-pixel ones by default)."""
     root = data_dir / "omniglot"
     for archive, alphabets in (("background", background), ("evaluation", evaluation)):
-        members = _members(archive, alphabets)
+        members = _members(archive, alphabets, drawing=drawing)
         if folders:
             for name, data in members.items():
                 (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -243,6 +260,38 @@ def test_synthetic_official_split_shapes_names_and_strokes(synthetic, tmp_path):
     small = _synthetic(synthetic, tmp_path / "cache", image_size=8).split("background").images
     assert small.shape == (3, 20, 8, 8, 1) and 0.0 <= small.min() and small.max() <= 1.0
     assert small[..., 0, 0, 0].max() < 0.05 and small.max() > 0.9
+
+
+def _expected_pixels(data: bytes, size: int, preprocess: str) -> np.ndarray:
+    """One PNG as the loader must return it, computed here with Pillow: the whole image resized to
+    ``size x size`` (LANCZOS on grey levels, or nearest-neighbour on the 1-bit pixels), never cropped."""
+    with Image.open(io.BytesIO(data)) as image:
+        if preprocess == "lanczos_inverted":
+            return 1.0 - np.asarray(image.convert("L").resize((size, size), Image.LANCZOS), dtype=np.float32) / 255.0
+        pixels = np.asarray(image.resize((size, size), Image.NEAREST).convert("L"), dtype=np.float32) / 255.0
+    return 1.0 - pixels if preprocess == "nearest_binary_inverted" else pixels
+
+
+@pytest.mark.parametrize("preprocess", omniglot.PREPROCESSING)
+def test_textured_images_are_the_whole_drawing_resized(tmp_path, preprocess):
+    make_omniglot(tmp_path / "data", drawing=_textured_png)
+    members = {**_members("background", BACKGROUND, drawing=_textured_png), **_members("evaluation", EVALUATION, drawing=_textured_png)}
+    for size in (35, 28, 12, 50):  # as drawn, down (28 as in training, 12 far down) and up
+        dataset = _synthetic(tmp_path / "data", tmp_path / "cache", image_size=size, preprocess=preprocess)
+        for archive in ("background", "evaluation"):
+            pool = dataset.split(archive)
+            assert pool.images.shape == (len(pool.class_names), 20, size, size, 1)
+            for c, character in enumerate(pool.class_names):
+                names = sorted(m for m in members if m.startswith(f"images_{archive}/{character}/"))
+                for j, member in enumerate(names):
+                    np.testing.assert_array_equal(
+                        pool.images[c, j, :, :, 0], _expected_pixels(members[member], size, preprocess),
+                        err_msg=f"{preprocess} {size}px {member}",
+                    )
+    # At the drawn size every preprocess keeps the pattern's geometry exactly (strokes 0 for "nearest_binary").
+    drawn = _synthetic(tmp_path / "data", tmp_path / "cache", image_size=35, preprocess=preprocess).split("background")
+    strokes = drawn.images[0, 0, :, :, 0] == (0.0 if preprocess == "nearest_binary" else 1.0)
+    np.testing.assert_array_equal(strokes, _pattern(1))
 
 
 def test_extracted_folders_give_the_same_images_as_the_zips(tmp_path):

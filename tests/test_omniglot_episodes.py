@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from metabench.datasets.omniglot import Omniglot
-from metabench.harness import episodes as ep
+from metabench.harness.data import episodes as ep
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def exported(shared_data_dir, tmp_path_factory):
     import io
     import json
 
-    from metabench.harness.cli import main
+    from metabench.harness.cli.main import main
 
     path = tmp_path_factory.mktemp("episodes") / "omniglot-5w1s.json"
     out = io.StringIO()
@@ -110,7 +110,7 @@ def test_the_index_conventions_hold_on_the_raw_zips(exported, shared_data_dir):
 
 
 def test_verify_with_the_data_prints_the_same_identity(exported, shared_data_dir, capsys):
-    from metabench.harness.cli import main
+    from metabench.harness.cli.main import main
 
     path, _, _ = exported
     assert main(["episodes", "verify", str(path), "--data-dir", str(shared_data_dir)]) == 0
@@ -123,7 +123,7 @@ def test_the_issues_tampered_file_is_refused(exported, tmp_path, capsys):
     """Re-hashed: a query reusing the support image, a repeated class and image index 20 of 20."""
     import json
 
-    from metabench.harness.cli import main
+    from metabench.harness.cli.main import main
     from test_episode_files import rehash
 
     payload = json.loads(json.dumps(exported[1]))  # a copy: the module's export stays valid
@@ -156,7 +156,7 @@ def test_verify_with_the_data_refuses_a_file_for_another_pool(exported, shared_d
     import json
     import re
 
-    from metabench.harness.cli import main
+    from metabench.harness.cli.main import main
     from test_episode_files import rehash
 
     payload = copy.deepcopy(exported[1])

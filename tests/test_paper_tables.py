@@ -2,10 +2,10 @@
 
 import pytest
 
-from metabench.harness.cli import main
+from metabench.harness.cli.main import main
 from metabench.harness.config import load_config
-from metabench.harness.paper_tables import names, plan
-from metabench.harness.sweep import SweepError
+from metabench.harness.run.paper_tables import names, plan
+from metabench.harness.run.sweep import SweepError
 
 
 def test_the_shipped_tables_include_maml_sinusoid_and_omniglot():
@@ -20,7 +20,9 @@ def test_maml_sinusoid_is_the_papers_protocol_with_three_seeds_of_maml_and_pretr
         key = algorithm["name"] + ("-first-order" if algorithm.get("first_order") else "")
         by_algorithm.setdefault(key, []).append(run.config["seed"])
         assert run.config["train"]["meta_iterations"] == 70000 and run.config["train"]["meta_batch_size"] == 25
-    assert by_algorithm == {"maml": [0, 1, 2], "pretrain": [0, 1, 2], "maml-first-order": [0], "mamlpp": [0]}
+    # MAML twice: at the paper text's inner lr 0.01 and at the MAML code's default 0.001
+    assert by_algorithm == {"maml": [0, 1, 2, 0, 1, 2], "pretrain": [0, 1, 2], "maml-first-order": [0], "mamlpp": [0]}
+    assert [run.config["algorithm"]["inner_lr"] for run in table.runs[:6]] == [0.01] * 3 + [0.001] * 3
     # the MAML row is exactly the shipped config, so `metabench run sinusoid_maml` results count
     assert table.runs[0].config_hash == plan("maml-sinusoid").runs[0].config_hash
     from metabench.harness.config import config_hash
@@ -53,4 +55,4 @@ def test_an_unknown_table_names_the_shipped_ones(capsys):
 def test_dry_run_lists_the_runs_and_what_is_done(tmp_path, capsys):
     assert main(["reproduce", "maml-sinusoid", "--budget", "0.001", "--dry-run", "--store", str(tmp_path / "r.sqlite")]) == 0
     out = capsys.readouterr().out
-    assert out.count("pending") == 8 and "8 runs, 0 already completed" in out and "70 of 70,000 iterations" in out
+    assert out.count("pending") == 11 and "11 runs, 0 already completed" in out and "70 of 70,000 iterations" in out

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from metabench.harness.prefetch import Prefetcher
+from metabench.harness.data.prefetch import Prefetcher
 
 
 def test_batches_are_the_loops_own_and_made_ahead_on_another_thread():

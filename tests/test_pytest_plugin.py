@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from metabench.harness.baseline_file import Baseline
-from metabench.harness.config import config_hash
-from metabench.harness.results import Evaluation, RunInfo
-from metabench.harness.store import ResultsStore
+from metabench.harness.results.baseline_file import Baseline
+from metabench.harness.results.records import Evaluation
+from metabench.harness.results.store import ResultsStore
+from helpers import record_run
 
 pytest_plugins = ["pytester"]
 
 BASELINE = Path(__file__).parent / "baselines" / "maml_sinusoid.json"
 # Load the plugin by module name whether or not the pytest11 entry point ("metabench") is installed.
-PLUGIN_ARGS = ("-p", "no:metabench", "-p", "metabench.harness.pytest_plugin", "-p", "no:cacheprovider")
+PLUGIN_ARGS = ("-p", "no:metabench", "-p", "metabench.harness.testing.pytest_plugin", "-p", "no:cacheprovider")
 
 INNER_TESTS = '''
 BASELINE = "baselines/maml_sinusoid.json"
@@ -48,15 +48,12 @@ def test_other_episodes_cannot_be_compared(metabench_check):
 
 def _record_baseline_values(store: ResultsStore, baseline: Baseline) -> str:
     """A completed run holding exactly the baseline's per-episode values (an 'unchanged' candidate)."""
-    info = RunInfo(baseline.algorithm, baseline.dataset, baseline.runs[0].seed, baseline.config, config_hash(baseline.config),
-                   baseline.backend, "CPU", baseline.versions)  # fmt: skip
-    run_id = store.start_run(info)
     evaluations = [
         Evaluation(s.split, s.ways, s.shots, s.queries, s.fingerprint, s.metric, s.headline_steps, {k: v[0] for k, v in s.values.items()})
         for s in baseline.settings
     ]
-    store.complete_run(run_id, evaluations, [], {})
-    return run_id
+    return record_run(store, evaluations, algorithm=baseline.algorithm, dataset=baseline.dataset, seed=baseline.runs[0].seed,
+                      config=baseline.config, backend=baseline.backend, versions=baseline.versions)  # fmt: skip
 
 
 def test_metabench_check_fixture_passes_unchanged_and_fails_regressed(pytester):
@@ -89,13 +86,13 @@ def test_metabench_check_fixture_passes_unchanged_and_fails_regressed(pytester):
 
 def test_the_plugin_module_imports_nothing_heavy():
     # Entry-point plugins load in every pytest session of an environment with metabench installed.
-    code = "import sys, metabench.harness.pytest_plugin; print(sorted({'keras', 'tensorflow', 'jax'} & set(sys.modules)))"
+    code = "import sys, metabench.harness.testing.pytest_plugin; print(sorted({'keras', 'tensorflow', 'jax'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_the_plugin_is_registered_as_the_pytest11_entry_point_metabench():
-    found = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.value == "metabench.harness.pytest_plugin"]
+    found = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.value == "metabench.harness.testing.pytest_plugin"]
     if not found:
-        pytest.skip('pyproject.toml lacks [project.entry-points.pytest11] metabench = "metabench.harness.pytest_plugin" (reinstall after adding it)')
+        pytest.skip('pyproject.toml lacks [project.entry-points.pytest11] metabench = "metabench.harness.testing.pytest_plugin" (reinstall after adding it)')
     assert [ep.name for ep in found] == ["metabench"]

@@ -11,9 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metabench.harness.report import LEADERBOARD_COLUMNS, write_leaderboard
-from metabench.harness.results import CurvePoint, Evaluation, RunInfo
-from metabench.harness.store import ResultsStore
+from metabench.harness.analysis.leaderboard import LEADERBOARD_COLUMNS
+from metabench.harness.analysis.report import write_leaderboard
+from metabench.harness.results.records import CurvePoint, Evaluation, RunInfo
+from metabench.harness.results.store import ResultsStore
+from helpers import record_run
 
 F1, F2, FS = "f1" * 32, "f2" * 32, "5e" * 32
 
@@ -34,9 +36,8 @@ def _mse(values) -> Evaluation:
 
 
 def _add(store: ResultsStore, algorithm: str, dataset: str, evaluation: Evaluation, seed: int = 0) -> str:
-    run_id = store.start_run(_info(algorithm, dataset, seed))
-    store.complete_run(run_id, [evaluation], [CurvePoint(1, 1.0, 0.5, 0.1)], {"total_s": 1.0})
-    return run_id
+    return record_run(store, [evaluation], algorithm=algorithm, dataset=dataset, seed=seed, config_hash=f"{seed:064x}",
+                      backend="jax", versions={"keras": "3.5.0"}, curve=[CurvePoint(1, 1.0, 0.5, 0.1)], timings={"total_s": 1.0})  # fmt: skip
 
 
 def _add_unfinished(store: ResultsStore, algorithm: str, status: str) -> None:
@@ -54,24 +55,24 @@ def _add_unfinished(store: ResultsStore, algorithm: str, status: str) -> None:
 
 
 @pytest.fixture
-def store(tmp_path):
-    with ResultsStore(tmp_path / "results.sqlite") as opened:
-        # omniglot 5-way 1-shot on episode set F1: maml with two seeds, maml++ and a baseline
-        _add(opened, "maml", "omniglot", _accuracy([1.0, 1.0, 0.5, 0.5]), seed=0)
-        _add(opened, "maml", "omniglot", _accuracy([0.0, 1.0, 0.5, 1.0]), seed=1)
-        _add(opened, "maml++", "omniglot", _accuracy([0.75] * 4, notes={"batch_norm": "transductive"}))
-        _add(opened, "baseline|ft", "omniglot", _accuracy([0.5] * 4, headline=100))
-        # ... and maml on another episode set of the same setting: its own row
-        _add(opened, "maml", "omniglot", _accuracy([0.25] * 4, fingerprint=F2), seed=2)
-        # other settings; 20-way must sort after 5-way
-        _add(opened, "maml", "omniglot", _accuracy([0.8] * 4, ways=20))
-        _add(opened, "maml", "omniglot", _accuracy([0.9] * 4, shots=5))
-        # regression: lower MSE is better
-        _add(opened, "pretrain", "sinusoid", _mse([2.0] * 4))
-        _add(opened, "maml", "sinusoid", _mse([0.5, 0.6, 0.4, 0.5]))
-        for algorithm, status in (("crashed", "failed"), ("stopped", "interrupted"), ("ongoing", "running")):
-            _add_unfinished(opened, algorithm, status)
-        yield opened
+def store(store):
+    """The shared store (conftest.py) holding these runs:"""
+    # omniglot 5-way 1-shot on episode set F1: maml with two seeds, maml++ and a baseline
+    _add(store, "maml", "omniglot", _accuracy([1.0, 1.0, 0.5, 0.5]), seed=0)
+    _add(store, "maml", "omniglot", _accuracy([0.0, 1.0, 0.5, 1.0]), seed=1)
+    _add(store, "maml++", "omniglot", _accuracy([0.75] * 4, notes={"batch_norm": "transductive"}))
+    _add(store, "baseline|ft", "omniglot", _accuracy([0.5] * 4, headline=100))
+    # ... and maml on another episode set of the same setting: its own row
+    _add(store, "maml", "omniglot", _accuracy([0.25] * 4, fingerprint=F2), seed=2)
+    # other settings; 20-way must sort after 5-way
+    _add(store, "maml", "omniglot", _accuracy([0.8] * 4, ways=20))
+    _add(store, "maml", "omniglot", _accuracy([0.9] * 4, shots=5))
+    # regression: lower MSE is better
+    _add(store, "pretrain", "sinusoid", _mse([2.0] * 4))
+    _add(store, "maml", "sinusoid", _mse([0.5, 0.6, 0.4, 0.5]))
+    for algorithm, status in (("crashed", "failed"), ("stopped", "interrupted"), ("ongoing", "running")):
+        _add_unfinished(store, algorithm, status)
+    return store
 
 
 def _sections(markdown: str, settings_only: bool = True) -> dict[str, list[dict[str, str]]]:
@@ -234,7 +235,7 @@ def test_runs_covering_different_episodes_use_the_shared_ones_and_say_so(tmp_pat
     with ResultsStore(tmp_path / "results.sqlite") as store:
         _add(store, "maml", "omniglot", _accuracy([1.0, 0.5, 0.5, 0.0]), seed=0)
         _add(store, "maml", "omniglot", _accuracy([0.0, 0.5, 0.5]), seed=1)  # same fingerprint, one fewer
-        with caplog.at_level("WARNING", logger="metabench.harness.report"):
+        with caplog.at_level("WARNING", logger="metabench.harness.analysis.pooling"):
             md_path, csv_path = write_leaderboard(store, tmp_path)
     row = pd.read_csv(csv_path).iloc[0]
     assert (row["episodes"], row["seeds"]) == (3, 2)
@@ -259,11 +260,9 @@ def _config(seed=0, *, label="", image_size=28, evaluation_seed=1, **algorithm) 
 
 
 def _add_config(store: ResultsStore, config: dict, evaluation: Evaluation) -> str:
-    info = RunInfo(config["algorithm"]["name"], config["dataset"]["name"], config["seed"], config,
-                   f"{config['seed']:064x}", "tensorflow", "CPU", {"keras": "3.5.0"})  # fmt: skip
-    run_id = store.start_run(info)
-    store.complete_run(run_id, [evaluation], [CurvePoint(1, 1.0, 0.5, 0.1)], {"total_s": 1.0})
-    return run_id
+    return record_run(store, [evaluation], algorithm=config["algorithm"]["name"], dataset=config["dataset"]["name"],
+                      seed=config["seed"], config=config, config_hash=f"{config['seed']:064x}", versions={"keras": "3.5.0"},
+                      curve=[CurvePoint(1, 1.0, 0.5, 0.1)], timings={"total_s": 1.0})  # fmt: skip
 
 
 def _rows(tmp_path, runs) -> pd.DataFrame:
@@ -341,7 +340,7 @@ def test_labels_stay_unique_in_a_setting_by_the_recipe_hash(tmp_path):
 
 
 def test_a_seed_run_twice_with_identical_results_counts_once(tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="metabench.harness.report"):
+    with caplog.at_level("WARNING", logger="metabench.harness.analysis.pooling"):
         table = _rows(tmp_path, [(_config(0), _accuracy([1.0, 1.0, 1.0, 1.0])),
                                  (_config(0), _accuracy([1.0, 1.0, 1.0, 1.0])),
                                  (_config(1), _accuracy([0.0, 0.5, 0.5, 0.0]))])  # fmt: skip
@@ -352,7 +351,7 @@ def test_a_seed_run_twice_with_identical_results_counts_once(tmp_path, caplog):
 
 
 def test_a_seed_run_twice_with_different_results_is_a_determinism_failure(tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="metabench.harness.report"):
+    with caplog.at_level("WARNING", logger="metabench.harness.analysis.pooling"):
         table = _rows(tmp_path, [(_config(0), _accuracy([1.0, 1.0, 0.5, 0.5])),
                                  (_config(0), _accuracy([1.0, 0.5, 0.5, 0.5]))])  # fmt: skip
     row = table.iloc[0]
@@ -369,7 +368,7 @@ def test_28_and_14_pixel_results_are_never_pooled_or_paired(tmp_path):
     with ResultsStore(tmp_path / "px.sqlite") as store:
         for config, evaluation in runs:
             _add_config(store, config, evaluation)
-        from metabench.harness.report import build_report
+        from metabench.harness.analysis.leaderboard import build_report
 
         report = build_report(store)
     table = report.table

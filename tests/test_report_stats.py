@@ -12,26 +12,16 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from metabench.harness.cli import main
-from metabench.harness.report import (
-    LEADERBOARD_COLUMNS,
-    PAIRWISE_COLUMNS,
-    VS_BEST,
-    build_report,
-    write_leaderboard,
-    write_report,
-)
-from metabench.harness.results import CurvePoint, Evaluation, RunInfo
-from metabench.harness.stats import compare_across_settings, holm
-from metabench.harness.store import ResultsStore
+from metabench.harness.cli.main import main
+from metabench.harness.analysis.leaderboard import LEADERBOARD_COLUMNS, PAIRWISE_COLUMNS, VS_BEST, build_report
+from metabench.harness.analysis.report import write_leaderboard, write_report
+from metabench.harness.results.records import CurvePoint, Evaluation
+from metabench.harness.analysis.stats import compare_across_settings, holm
+from metabench.harness.results.store import ResultsStore
+from helpers import record_run
 
 F1, F2, F3 = "a1" * 32, "b2" * 32, "c3" * 32
 EVIL = "<script>alert('x')</script>"
-
-
-def _info(algorithm: str, dataset: str, seed: int = 0, config: dict | None = None) -> RunInfo:
-    config = config or {"seed": seed, "train": {"meta_iterations": 300}}
-    return RunInfo(algorithm, dataset, seed, config, f"{seed:064x}", "tensorflow", "CPU", {"keras": "3.5.0"})
 
 
 def _evaluation(values, *, ways=5, shots=1, fingerprint=F1, notes=None, steps=(0, 1, 3), headline=3) -> Evaluation:
@@ -41,10 +31,10 @@ def _evaluation(values, *, ways=5, shots=1, fingerprint=F1, notes=None, steps=(0
 
 
 def _add(store, algorithm, dataset, evaluation, seed=0, config=None) -> str:
-    run_id = store.start_run(_info(algorithm, dataset, seed, config))
+    config = config or {"seed": seed, "train": {"meta_iterations": 300}}
     curve = [CurvePoint(i, 2.0 / i, 1 - 1 / i, float(i)) for i in range(1, 6)]
-    store.complete_run(run_id, [evaluation], curve, {"train_s": 1.0})
-    return run_id
+    return record_run(store, [evaluation], algorithm=algorithm, dataset=dataset, seed=seed, config=config,
+                      config_hash=f"{seed:064x}", versions={"keras": "3.5.0"}, curve=curve, timings={"train_s": 1.0})  # fmt: skip
 
 
 RNG = np.random.default_rng(7)
@@ -55,20 +45,20 @@ WORSE = np.clip(BEST - 0.05 - RNG.random(40) * 0.02, 0, 1)  # clearly worse on e
 
 
 @pytest.fixture
-def store(tmp_path):
-    with ResultsStore(tmp_path / "results.sqlite") as opened:
-        _add(opened, "maml", "omniglot", _evaluation(BEST), seed=0)
-        _add(opened, "maml", "omniglot", _evaluation(BEST), seed=1)
-        _add(opened, "mamlpp", "omniglot", _evaluation(CLOSE))
-        _add(opened, "baseline", "omniglot", _evaluation(WORSE))
-        _add(opened, "reptile", "omniglot", _evaluation(BEST[:20] - 0.2, fingerprint=F2))  # another episode set
-        # a second and third setting with the same three algorithms, for ranks across settings
-        for shots, fingerprint, shift in ((5, F3, 0.0), (1, "d4" * 32, 0.0)):
-            ways = 20 if fingerprint != F3 else 5
-            _add(opened, "maml", "omniglot", _evaluation(BEST - 0.02 + shift, ways=ways, shots=shots, fingerprint=fingerprint))
-            _add(opened, "mamlpp", "omniglot", _evaluation(BEST - 0.01, ways=ways, shots=shots, fingerprint=fingerprint))
-            _add(opened, "baseline", "omniglot", _evaluation(WORSE, ways=ways, shots=shots, fingerprint=fingerprint))
-        yield opened
+def store(store):
+    """The shared store (conftest.py) holding these runs:"""
+    _add(store, "maml", "omniglot", _evaluation(BEST), seed=0)
+    _add(store, "maml", "omniglot", _evaluation(BEST), seed=1)
+    _add(store, "mamlpp", "omniglot", _evaluation(CLOSE))
+    _add(store, "baseline", "omniglot", _evaluation(WORSE))
+    _add(store, "reptile", "omniglot", _evaluation(BEST[:20] - 0.2, fingerprint=F2))  # another episode set
+    # a second and third setting with the same three algorithms, for ranks across settings
+    for shots, fingerprint, shift in ((5, F3, 0.0), (1, "d4" * 32, 0.0)):
+        ways = 20 if fingerprint != F3 else 5
+        _add(store, "maml", "omniglot", _evaluation(BEST - 0.02 + shift, ways=ways, shots=shots, fingerprint=fingerprint))
+        _add(store, "mamlpp", "omniglot", _evaluation(BEST - 0.01, ways=ways, shots=shots, fingerprint=fingerprint))
+        _add(store, "baseline", "omniglot", _evaluation(WORSE, ways=ways, shots=shots, fingerprint=fingerprint))
+    return store
 
 
 def _setting(table: pd.DataFrame, ways=5, shots=1) -> pd.DataFrame:
@@ -271,7 +261,7 @@ def test_steps_option_compares_every_recipe_at_the_same_inner_step(tmp_path, cap
         _add(opened, "maml", "omniglot", _evaluation(BEST, steps=(0, 1), headline=1))
         _add(opened, "baseline", "omniglot", _evaluation(WORSE, steps=(0, 1, 10), headline=10))
         _add(opened, "reptile", "omniglot", _evaluation(CLOSE, steps=(0, 3), headline=3))  # never recorded step 1
-        with caplog.at_level("WARNING", logger="metabench.harness.report"):
+        with caplog.at_level("WARNING", logger="metabench.harness.analysis.leaderboard"):
             report = build_report(opened, steps=1)
         path = opened.path
     assert set(report.table["label"]) == {"maml", "baseline"} and set(report.table["inner_steps"]) == {1}

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from metabench.harness.reproduction import (
+from metabench.harness.analysis.reproduction import (
     PublishedResultsError,
     load_published,
     reproduction_table,
     verdict,
     write_reproduction,
 )
-from metabench.harness.results import CurvePoint, Evaluation, RunInfo
-from metabench.harness.store import ResultsStore
+from metabench.harness.results.records import CurvePoint, Evaluation
+from metabench.harness.results.store import ResultsStore
+from helpers import record_run
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "published_results.toml"
 OUR_NAMES = {"maml", "mamlpp", "baseline", "baseline++", "pretrain", "multitask"}
@@ -122,16 +123,15 @@ def test_verdicts(args, kwargs, expected):
 # ----------------------------------------------------------------------------- tables from a store
 
 
-def _info(algorithm, dataset, seed=0, iterations=300, queries=15):
-    config = {"seed": seed, "dataset": {"name": dataset, "split_scheme": "maml"}, "model": {"name": "conv4", "filters": 64},
-              "algorithm": {"name": algorithm, "first_order": False},
-              "train": {"meta_iterations": iterations, "meta_batch_size": 32}}  # fmt: skip
-    return RunInfo(algorithm, dataset, seed, config, f"{seed:064x}", "tensorflow", "CPU", {})
+def _config(algorithm, dataset, seed=0, iterations=300):
+    return {"seed": seed, "dataset": {"name": dataset, "split_scheme": "maml"}, "model": {"name": "conv4", "filters": 64},
+            "algorithm": {"name": algorithm, "first_order": False},
+            "train": {"meta_iterations": iterations, "meta_batch_size": 32}}  # fmt: skip
 
 
 def _add(store, algorithm, dataset, evaluations, seed=0):
-    run_id = store.start_run(_info(algorithm, dataset, seed))
-    store.complete_run(run_id, evaluations, [CurvePoint(1, 1.0, 0.5, 0.1)], {})
+    record_run(store, evaluations, algorithm=algorithm, dataset=dataset, seed=seed, config=_config(algorithm, dataset, seed),
+               config_hash=f"{seed:064x}", curve=[CurvePoint(1, 1.0, 0.5, 0.1)])  # fmt: skip
 
 
 def _omniglot(mean, *, ways=5, shots=1, split="test", fingerprint="f" * 64, n=600):
@@ -148,16 +148,16 @@ def _sinusoid(shots, mse_by_steps, n=600):
 
 
 @pytest.fixture
-def store(tmp_path):
-    with ResultsStore(tmp_path / "results.sqlite") as opened:
-        _add(opened, "maml", "omniglot", [_omniglot(0.985)])
-        _add(opened, "maml", "omniglot", [_omniglot(0.90, ways=20, shots=5, fingerprint="g" * 64)])
-        _add(opened, "mamlpp", "omniglot", [_omniglot(0.995)], seed=0)
-        _add(opened, "mamlpp", "omniglot", [_omniglot(0.993)], seed=1)
-        _add(opened, "reptile", "omniglot", [_omniglot(0.95)])
-        _add(opened, "maml", "omniglot", [_omniglot(0.95, split="val", fingerprint="h" * 64)])
-        _add(opened, "maml", "sinusoid", [_sinusoid(5, {0: 3.0, 1: 0.70, 5: 0.38, 10: 0.30}), _sinusoid(10, {0: 3.0, 1: 0.5, 5: 0.3, 10: 0.2})])
-        yield opened
+def store(store):
+    """The shared store (conftest.py) holding these runs:"""
+    _add(store, "maml", "omniglot", [_omniglot(0.985)])
+    _add(store, "maml", "omniglot", [_omniglot(0.90, ways=20, shots=5, fingerprint="g" * 64)])
+    _add(store, "mamlpp", "omniglot", [_omniglot(0.995)], seed=0)
+    _add(store, "mamlpp", "omniglot", [_omniglot(0.993)], seed=1)
+    _add(store, "reptile", "omniglot", [_omniglot(0.95)])
+    _add(store, "maml", "omniglot", [_omniglot(0.95, split="val", fingerprint="h" * 64)])
+    _add(store, "maml", "sinusoid", [_sinusoid(5, {0: 3.0, 1: 0.70, 5: 0.38, 10: 0.30}), _sinusoid(10, {0: 3.0, 1: 0.5, 5: 0.3, 10: 0.2})])
+    return store
 
 
 def test_every_result_is_compared_or_listed_with_a_reason(store):
@@ -242,8 +242,8 @@ def test_recipes_are_compared_apart_and_seeds_pooled_per_recipe(tmp_path):
     def add(seed, first_order, mean):
         config = {"seed": seed, "dataset": {"name": "omniglot"}, "algorithm": {"name": "maml", "first_order": first_order},
                   "train": {"meta_iterations": 300}}  # fmt: skip
-        run_id = opened.start_run(RunInfo("maml", "omniglot", seed, config, f"{seed:064x}", "tensorflow", "CPU", {}))
-        opened.complete_run(run_id, [_omniglot(mean)], [CurvePoint(1, 1.0, 0.5, 0.1)], {})
+        record_run(opened, [_omniglot(mean)], dataset="omniglot", seed=seed, config=config, config_hash=f"{seed:064x}",
+                   curve=[CurvePoint(1, 1.0, 0.5, 0.1)])  # fmt: skip
 
     with ResultsStore(tmp_path / "r.sqlite") as opened:
         add(0, False, 0.985)

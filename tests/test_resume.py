@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metabench.harness import runner
-from metabench.harness.checkpoint import CheckpointFolder
-from metabench.harness.cli import main
+from metabench.harness.cli.main import main
 from metabench.harness.config import load_config
-from metabench.harness.store import ResultsStore
+from metabench.harness.results.store import ResultsStore
+from metabench.harness.run import core, lifecycle
+from metabench.harness.run import session as run_session
+from metabench.harness.run.checkpoint import CheckpointFolder
 
 ITERATIONS = 600
 SETS = [
@@ -134,7 +135,7 @@ QUICK = ["train.meta_iterations=60", "train.checkpoint_every=20", "train.log_eve
 
 def _signal_at(monkeypatch, iteration: int, signum=signal.SIGTERM) -> None:
     """Make the run's trainer send ``signum`` to this process when it starts ``iteration``."""
-    build = runner.build
+    build = run_session.build
 
     def build_with_signal(*args, **kwargs):
         session = build(*args, **kwargs)
@@ -148,13 +149,13 @@ def _signal_at(monkeypatch, iteration: int, signum=signal.SIGTERM) -> None:
         session.trainer = trainer_with_signal
         return session
 
-    monkeypatch.setattr(runner, "build", build_with_signal)
+    monkeypatch.setattr(run_session, "build", build_with_signal)
 
 
 def test_sigterm_stops_after_the_iteration_with_a_checkpoint_and_resume_run_id_completes_it(tmp_path, monkeypatch, caplog):
     store = tmp_path / "results.sqlite"
     with ResultsStore(store) as results:
-        reference = runner.run(load_config("quickstart", QUICK), store=results, show_progress=False)
+        reference = lifecycle.run(load_config("quickstart", QUICK), store=results, show_progress=False)
     _signal_at(monkeypatch, 33)
     sets = [arg for value in QUICK for arg in ("--set", value)]
     assert main(["run", "quickstart", *sets, "--store", str(store), "--no-progress", "--quiet"]) == 130
@@ -192,7 +193,7 @@ def test_resume_without_an_unfinished_run_starts_a_new_one(tmp_path, caplog):
 
 
 def test_a_nan_loss_retries_from_the_last_checkpoint_with_a_lower_learning_rate(tmp_path, monkeypatch, caplog):
-    build, faults = runner.build, []
+    build, faults = run_session.build, []
 
     def build_with_one_fault(*args, **kwargs):  # the first session's trainer reports a NaN loss at iteration 13
         session = build(*args, **kwargs)
@@ -206,11 +207,11 @@ def test_a_nan_loss_retries_from_the_last_checkpoint_with_a_lower_learning_rate(
         session.trainer = trainer_with_fault
         return session
 
-    monkeypatch.setattr(runner, "build", build_with_one_fault)
+    monkeypatch.setattr(run_session, "build", build_with_one_fault)
     overrides = ["train.meta_iterations=20", "train.checkpoint_every=5", "train.nan_retries=2", "train.nan_lr_factor=0.25",
                  "evaluation.episodes=10", "evaluation.inner_steps=[0, 1]"]
     with ResultsStore(tmp_path / "results.sqlite") as results:
-        summary = runner.run(load_config("quickstart", overrides), store=results, show_progress=False)
+        summary = lifecycle.run(load_config("quickstart", overrides), store=results, show_progress=False)
         row = results.get_run(summary.run_id)
         curve = results.training_curves()
     assert row["status"] == "completed"
@@ -226,7 +227,7 @@ def test_a_diverging_run_recovers_with_a_lower_learning_rate(tmp_path):
     overrides = ["train.meta_iterations=20", "train.meta_lr=3.0", "train.nan_retries=1", "train.nan_lr_factor=0.001",
                  "evaluation.episodes=10", "evaluation.inner_steps=[0, 1]"]
     with ResultsStore(tmp_path / "results.sqlite") as results:
-        summary = runner.run(load_config("quickstart", overrides), store=results, show_progress=False)
+        summary = lifecycle.run(load_config("quickstart", overrides), store=results, show_progress=False)
         row = results.get_run(summary.run_id)
     assert row["status"] == "completed" and row["history"][1]["from_iteration"] == 0
     assert np.isfinite(summary.mean)
@@ -236,9 +237,9 @@ def test_a_nan_loss_without_retries_left_fails_with_the_iteration_and_last_finit
     overrides = ["train.meta_iterations=20", "train.meta_lr=3.0", "train.checkpoint_every=2", "train.nan_retries=1",
                  "train.nan_lr_factor=0.9", "evaluation.episodes=10"]
     with ResultsStore(tmp_path / "results.sqlite") as results:
-        with pytest.raises(runner.TrainingDiverged, match=r"loss became (nan|inf) at meta-iteration \d+ after 1 retries with lower "
+        with pytest.raises(core.TrainingDiverged, match=r"loss became (nan|inf) at meta-iteration \d+ after 1 retries with lower "
                                                           r"learning rates; the last finite loss was \d"):
-            runner.run(load_config("quickstart", overrides), store=results, show_progress=False)
+            lifecycle.run(load_config("quickstart", overrides), store=results, show_progress=False)
         row = results.runs().iloc[0]
     assert row["status"] == "failed" and "TrainingDiverged" in row["message"]
     assert [e["event"] for e in row["history"]] == ["started", "nan_retry", "failed"]

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from metabench.harness.cli import main
+from metabench.harness.cli.main import main
 from metabench.harness.config import load_config
-from metabench.harness.store import ResultsStore
+from metabench.harness.results.store import ResultsStore
 
 # NaN retries and a top-k ensemble: the two things a second wiring of the run used to drop.
 OVERRIDES = [
@@ -69,7 +69,7 @@ def test_runs_record_the_version_of_each_plugin_distribution_they_use(monkeypatc
     import importlib.metadata
 
     from metabench.harness.registry import ALGORITHMS, Entry
-    from metabench.harness.runner import library_versions
+    from metabench.harness.run.provenance import library_versions
 
     maml = ALGORITHMS.get("maml")
     plugin = Entry("plugin_maml", maml.factory, maml.defaults, maml.choices, "a plugin", source="tabulate")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from metabench.harness.cli import main
-from metabench.harness.store import ResultsStore
+from metabench.harness.cli.main import main
+from metabench.harness.results.store import ResultsStore
 
 
 @pytest.fixture(scope="module")

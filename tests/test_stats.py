@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metabench.harness.stats import MeanCI, mean_ci95, mean_ci_t
+from metabench.harness.analysis.stats import MeanCI, mean_ci95, mean_ci_t
 
 
 def test_mean_ci95_matches_hand_computed_few_shot_convention():

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from metabench.harness.cli import main
-from metabench.harness.stats import compare_across_settings, read_results_table
+from metabench.harness.cli.main import main
+from metabench.harness.analysis.stats import compare_across_settings, read_results_table
 
 CSV = (
     "setting,maml,mamlpp,baseline,protonet\n"

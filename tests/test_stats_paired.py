@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from metabench.harness.stats import (
+from metabench.harness.analysis.stats import (
     PairedComparison,
     PairRow,
     SeedSummary,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from metabench.harness.stats import (
+from metabench.harness.analysis.stats import (
     NEMENYI_Q,
     AcrossSettings,
     FriedmanResult,
@@ -233,7 +233,7 @@ def test_lower_is_better_reverses_the_ranks_and_the_wilcoxon_orientation():
 
 def test_rows_with_missing_cells_are_dropped_with_a_warning(caplog):
     table = _frame({"s1": [1, 2, 3], "s2": [np.nan, 2, 3], "s3": [3, 1, 2], "s4": [1, 3, np.nan]})
-    with caplog.at_level("WARNING", logger="metabench.harness.stats"):
+    with caplog.at_level("WARNING", logger="metabench.harness.analysis.stats"):
         result = compare_across_settings(table)
     assert result.dropped_rows == ("s2", "s4")
     assert list(result.ranks.index) == ["s1", "s3"] and result.friedman.n == 2

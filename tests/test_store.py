@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from metabench.harness.results import CurvePoint, Evaluation, RunInfo
-from metabench.harness.store import SCHEMA_VERSION, ResultsStore, StoreError
+from metabench.harness.results.records import CurvePoint, Evaluation, RunInfo
+from metabench.harness.results.store import SCHEMA_VERSION, ResultsStore, StoreError
 
 
 def _info(algorithm: str = "maml", seed: int = 0, dataset: str = "omniglot") -> RunInfo:
@@ -71,12 +71,6 @@ def _count(path, sql: str, params=()) -> int:
 def _status(path, run_id: str) -> str:
     with sqlite3.connect(path) as conn:
         return conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()[0]
-
-
-@pytest.fixture
-def store(tmp_path):
-    with ResultsStore(tmp_path / "nested" / "results.sqlite") as opened:
-        yield opened
 
 
 # ---------------------------------------------------------------- round trips
@@ -206,7 +200,7 @@ def test_complete_run_is_all_or_nothing_when_an_evaluation_is_malformed(store):
 
 def _die_during_complete_run(path, run_id):
     """Child process: insert one evaluation of complete_run's transaction, then die without cleanup."""
-    from metabench.harness import store as store_module
+    from metabench.harness.results import store as store_module
 
     insert = store_module._insert_evaluation
 
@@ -368,7 +362,7 @@ def test_a_version_1_store_that_cannot_be_migrated_is_refused_and_left_as_it_was
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as conn:
         conn.executescript(_SCHEMA_V1)
-    from metabench.harness import store as store_module
+    from metabench.harness.results import store as store_module
 
     def fail(conn):
         conn.execute("ALTER TABLE runs ADD COLUMN checkpoint_dir TEXT")
@@ -500,7 +494,7 @@ def test_a_version_2_store_gets_recipe_hashes_and_input_covering_fingerprints(tm
     """Version 2 fingerprints named the episode indices only; the migration composes them with the
     inputs each run's stored config names, so 28 px and 14 px results stop sharing an identity."""
     from metabench.harness.config import recipe_hash
-    from metabench.harness.episodes import compose_fingerprint, input_description
+    from metabench.harness.data.episodes import compose_fingerprint, input_description
 
     path = tmp_path / "v2.sqlite"
     configs = [

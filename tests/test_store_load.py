@@ -43,7 +43,7 @@ def make_sweep_store(path, runs: int, episodes: int = 600, seed: int = 0) -> Pat
     headline), a 20-point training curve, and its own config; every run of a setting shares the
     setting's episode set (fingerprint), as a sweep's runs do.
     """
-    from metabench.harness.store import ResultsStore
+    from metabench.harness.results.store import ResultsStore
 
     path = Path(path)
     ResultsStore(path).close()  # the current schema
@@ -98,7 +98,7 @@ def make_sweep_store(path, runs: int, episodes: int = 600, seed: int = 0) -> Pat
 
 
 def _report_seconds(store_path, out_dir) -> float:
-    from metabench.harness.cli import main
+    from metabench.harness.cli.main import main
 
     started = time.perf_counter()
     assert main(["report", "--store", str(store_path), "--out", str(out_dir)]) == 0
@@ -118,8 +118,8 @@ def test_the_fast_readers_give_what_the_plain_ones_gave(tmp_path):
     """The store's episode read and the report's grouping are optimised, not changed: same frames."""
     import pandas as pd
 
-    from metabench.harness import report
-    from metabench.harness.store import ResultsStore
+    from metabench.harness.analysis import leaderboard
+    from metabench.harness.results.store import ResultsStore
 
     path = make_sweep_store(tmp_path / "sweep.sqlite", runs=120, episodes=30)
     with sqlite3.connect(path) as conn:  # one failed run with rows, which the default read leaves out
@@ -142,9 +142,9 @@ def test_the_fast_readers_give_what_the_plain_ones_gave(tmp_path):
 
     heads = (fast["inner_steps"] == fast["headline_steps"]).to_numpy()
     for rows in (None, heads):
-        grouped = list(report._groups(fast, report._GROUP, ["eval_id", "episode", "value"], rows=rows))
+        grouped = list(leaderboard._groups(fast, leaderboard._GROUP, ["eval_id", "episode", "value"], rows=rows))
         subset = fast if rows is None else fast[rows]
-        expected = [(k, g[["eval_id", "episode", "value"]]) for k, g in subset.groupby(report._GROUP, dropna=False, sort=False)]
+        expected = [(k, g[["eval_id", "episode", "value"]]) for k, g in subset.groupby(leaderboard._GROUP, dropna=False, sort=False)]
         assert [k for k, _ in grouped] == [k for k, _ in expected]
         for (_, a), (_, b) in zip(grouped, expected):
             pd.testing.assert_frame_equal(a, b)

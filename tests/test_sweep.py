@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from metabench.harness.cli import main
-from metabench.harness.store import ResultsStore
-from metabench.harness.sweep import SweepError, load_sweep
+from metabench.harness.cli.main import main
+from metabench.harness.results.store import ResultsStore
+from metabench.harness.run.sweep import SweepError, load_sweep
 
 TINY = """
 base = "quickstart"
@@ -131,7 +131,7 @@ def test_ray_executor_gives_the_local_results(sweep_file, tmp_path):
 
 def test_a_sweep_over_two_values_of_one_option_gives_two_labelled_rows(tmp_path):
     """Two inner learning rates are two recipes: two rows, each named by its value, seeds pooled within each."""
-    from metabench.harness.report import build_report
+    from metabench.harness.analysis.leaderboard import build_report
 
     sweep = tmp_path / "lr.toml"
     sweep.write_text(

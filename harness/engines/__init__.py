@@ -19,7 +19,7 @@ def select_backend(name: str) -> None:
     if name not in BACKENDS:
         raise EngineError(f"Received backend={name!r}; expected one of {list(BACKENDS)}.")
     if "keras" in sys.modules:
-        import keras
+        import keras  # already loaded (checked above): importing it here costs nothing
 
         if keras.backend.backend() != name:
             raise EngineError(
@@ -33,6 +33,7 @@ def select_backend(name: str) -> None:
 def get_engine(name: str, **options) -> Engine:
     """The engine for backend ``name`` (``"tensorflow"``, or ``"jax"`` with ``pip install -e ".[jax]"``)."""
     select_backend(name)
+    # Deferred: each engine module imports its backend (TensorFlow or JAX); only the chosen one loads.
     if name == "tensorflow":
         try:
             from metabench.harness.engines.tensorflow import TensorFlowEngine

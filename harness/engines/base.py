@@ -15,7 +15,7 @@ A complete engine (the JAX one is this, with ``jax.value_and_grad``, ``jax.jit``
         def make_meta_trainer(self, task_loss, variables, optimizer, state_variables=()): ...
         def make_evaluator(self, task_eval, variables, state_variables=()): ...
 
-Shapes: a batch is a dict of arrays with a leading task axis ``T`` (see ``harness.episodes``); a
+Shapes: a batch is a dict of arrays with a leading task axis ``T`` (see ``harness.data.episodes``); a
 task is the same dict without that axis. ``params`` is a list of tensors aligned with
 ``variables`` (what the outer optimizer updates); ``state`` is a list aligned with
 ``state_variables`` (what the step overwrites with the task-mean of the new values a task loss
@@ -37,8 +37,13 @@ TaskEval = Callable
 
 
 class Engine(abc.ABC):
-    """Base class of backends. Subclasses set ``name`` and the capability flags."""
+    """Base class of backends. Subclasses set ``name`` and the capability flags.
 
+    Every method a caller uses is declared here, with a default where one makes sense, so callers
+    never probe an engine (``tests/test_engines.py`` checks it against the source).
+    """
+
+    #: the backend, as a config's ``backend`` writes it (``"tensorflow"``, ``"jax"``); recorded with results
     name: str = ""
     #: whether the tasks of a meta-batch run vectorized (vmap) rather than in a loop
     VECTORIZED_TASKS: bool = False
@@ -46,6 +51,8 @@ class Engine(abc.ABC):
     SUPPORTS_XLA: bool = False
     #: whether op determinism can be switched on (bit-for-bit repeatable runs on CPU)
     SUPPORTS_DETERMINISM: bool = False
+    #: how a compiled step maps the tasks of a meta-batch (e.g. ``"loop"`` or ``"vectorized"``)
+    task_map: str = "loop"
 
     @abc.abstractmethod
     def value_and_grad(self, fn: Callable) -> Callable:
@@ -81,7 +88,7 @@ class Engine(abc.ABC):
         observation into a preallocated buffer (``keras.ops.slice_update`` in ``keras.ops.fori_loop``):
         in place under XLA; an engine whose loop would copy the buffer at every step overrides it.
         """
-        from keras import ops
+        from keras import ops  # deferred: Keras reads its backend once, at import, after the engine was chosen
 
         first = observe(init)
         buffer = ops.zeros((int(steps) + 1, *first.shape), dtype=first.dtype)
@@ -98,7 +105,27 @@ class Engine(abc.ABC):
         return ops.fori_loop(0, int(steps), body, (init, buffer))[1]
 
     def describe_device(self) -> str:
+        """The device the steps run on, as recorded with every run: ``"CPU"``, ``"GPU (1)"``, ..."""
         return "CPU"
+
+    def step_variant(self) -> str:
+        """The form of the compiled meta-step, e.g. ``"loop"`` (``metabench bench`` names its figures
+        ``metabench-maml-<engine>-<variant>``); ``task_map`` unless the engine has more forms."""
+        return self.task_map
+
+    def set_matmul_precision(self, precision: str) -> None:
+        """``"highest"``: full float32 matmuls and convolutions (no TF32 or bf16 passes); ``"default"``:
+        the backend's own. An engine whose backend may use reduced precision overrides this; the
+        default keeps ``"default"`` and refuses to promise ``"highest"``."""
+        if precision != "default":
+            raise EngineError(
+                f"Received matmul precision {precision!r}, but the {self.name or type(self).__name__} engine cannot set "
+                "its matmul precision; use 'default'."
+            )
+
+    def device_memory_peak(self) -> int | None:
+        """Peak bytes allocated on the device since start, where the backend reports it; else None (the default)."""
+        return None
 
 
 class EngineError(MetabenchError, RuntimeError):

@@ -50,10 +50,11 @@ class JaxEngine(Engine):
             once, instead of vmapping each task's value-and-grad and averaging the gradients. The
             same numbers; on the CPU 7x slower (docs/performance.md); a formulation to measure on GPUs.
 
-    Example:
+    Example (the last two lines are not run as a doctest: they need Keras on the JAX backend, which a
+    process chooses once, at Keras's import, and a built ``maml`` and a ``batch``; tests/test_jax_engine.py runs them):
         >>> engine = JaxEngine(task_map="loop", parallel_tasks=8)
-        >>> step = engine.make_meta_trainer(maml.task_loss, maml.meta_variables(), keras.optimizers.Adam(1e-3))
-        >>> logs = step(batch)   # {"loss": float, "accuracy": float}
+        >>> step = engine.make_meta_trainer(maml.task_loss, maml.meta_variables(), keras.optimizers.Adam(1e-3))  # doctest: +SKIP
+        >>> logs = step(batch)   # {"loss": float, "accuracy": float}  # doctest: +SKIP
     """
 
     name = "jax"
@@ -176,6 +177,10 @@ class JaxEngine(Engine):
 
         run.compiled = evaluate
         return run
+
+    def step_variant(self) -> str:
+        """``task_map``, with ``-grad-of-mean`` when the vectorized step differentiates the task-mean loss."""
+        return self.task_map + ("-grad-of-mean" if self.grad_of_mean else "")
 
     def set_matmul_precision(self, precision: str) -> None:
         """``"highest"``: full float32 matmuls and convolutions (no TF32 or bf16 passes); ``"default"``: JAX's own."""

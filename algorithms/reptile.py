@@ -1,0 +1,145 @@
+"""Reptile (Nichol, Achiam and Schulman, "On First-Order Meta-Learning Algorithms", arXiv:1803.02999, 2018)."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from metabench.algorithms import heads, inner
+from metabench.algorithms.base import Algorithm
+
+INNER_OPTIMIZERS = ("sgd", "adam")
+TRAIN_ON = ("support", "support_and_query")
+EVALUATION = ("non_transductive", "transductive")
+
+
+class Reptile(Algorithm):
+    """Reptile, batched: train on each task, then move the meta-parameters toward the trained weights.
+
+    Inner loop (per task, from the meta-parameters ``theta``): ``inner_steps`` steps of SGD or of Adam
+    (``inner_optimizer="adam"``, ``beta1=adam_beta1``: 0 in the paper's Omniglot runs) with step size
+    ``inner_lr``, on the support set (``train_on="support_and_query"``: on support and query together),
+    whole (``inner_batch_size=0``) or in minibatches of ``inner_batch_size`` examples drawn without
+    replacement from reshuffled copies of the set, a batch running on into the next copy (the
+    ``_mini_batches`` of ``openai/supervised-reptile``). The adapted weights are ``phi``.
+
+    Outer step, as a pseudo-gradient: ``task_loss``'s gradient with respect to ``theta`` is exactly
+    ``theta - phi`` (its value is the query loss of ``phi``, reported, never differentiated). The
+    engine averages it over the meta-batch and hands it to the harness's outer optimizer as it does
+    MAML's meta-gradient, so plain SGD with step size ``epsilon`` gives Reptile's update ``theta +=
+    epsilon * mean(phi - theta)`` (``train.meta_lr`` is ``epsilon``; meta-batch 1 is serial Reptile),
+    and Adam applies Adam's rescaled step along it (a variant, not ``epsilon`` times the direction).
+    The harness's outer optimizer is Adam, so the paper's SGD with ``epsilon`` annealed linearly from
+    1 to 0 is approximated, not reproduced (configs use Adam with a cosine schedule).
+
+    Evaluation: from ``theta``, the same inner optimizer for up to ``max_steps`` steps of
+    ``eval_inner_lr`` (``0.0``, the default, or ``None``: ``inner_lr``) on the support set (minibatches
+    of ``eval_batch_size``), predicting the queries after each. Batch norm uses batch statistics throughout (as the reference code); with
+    ``evaluation="non_transductive"`` (the default) each query is normalised with the support set plus
+    itself alone (the reference code's non-transductive mode), with ``"transductive"`` all queries of
+    an episode form one batch (the paper's "+ transduction" rows). Adam's moments start at zero for
+    every task; the reference code keeps one Adam state across tasks and iterations (with
+    ``beta1=0`` only the second moment carries over).
+
+    Shapes: ``support_x [S, ...]``, ``support_y [S]`` or ``[S, out]``; predictions ``[max_steps + 1, Q, out]``.
+    """
+
+    name = "reptile"
+
+    def __init__(self, *, inner_lr=0.001, inner_steps=5, inner_optimizer="adam", adam_beta1=0.0, adam_beta2=0.999,
+                 inner_batch_size=0, train_on="support", eval_inner_lr=0.0, eval_batch_size=0,
+                 evaluation="non_transductive", shuffle_seed=0):
+        super().__init__()
+        for option, value, allowed in (("inner_optimizer", inner_optimizer, INNER_OPTIMIZERS), ("train_on", train_on, TRAIN_ON),
+                                       ("evaluation", evaluation, EVALUATION)):
+            if value not in allowed:
+                raise ValueError(f"Received {option}={value!r}; expected one of {list(allowed)}.")
+        if not inner_lr > 0 or (eval_inner_lr and not eval_inner_lr > 0):
+            raise ValueError(f"Received inner_lr={inner_lr}, eval_inner_lr={eval_inner_lr}; expected positive step sizes "
+                             "(eval_inner_lr 0: inner_lr).")
+        if int(inner_steps) < 1 or int(inner_batch_size) < 0 or int(eval_batch_size) < 0:
+            raise ValueError(f"Received inner_steps={inner_steps}, inner_batch_size={inner_batch_size}, eval_batch_size="
+                             f"{eval_batch_size}; expected at least 1 step and batch sizes >= 0 (0: the whole set).")
+        self.inner_lr, self.inner_steps, self.inner_optimizer = inner_lr, inner_steps, inner_optimizer
+        self.adam_beta1, self.adam_beta2 = adam_beta1, adam_beta2
+        self.inner_batch_size, self.train_on, self.eval_inner_lr = inner_batch_size, train_on, eval_inner_lr
+        self.eval_batch_size, self.evaluation, self.shuffle_seed = eval_batch_size, evaluation, shuffle_seed
+
+    def build(self, model, task_kind, engine):
+        super().build(model, task_kind, engine)
+        self._batch_norm = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+        return self
+
+    def _rule(self, lr):
+        """``(init, update)``: ``init(params) -> moments``, ``update(params, grads, moments, step) -> (params, moments)``."""
+        if self.inner_optimizer == "adam":
+            return inner.adam(lr, self.adam_beta1, self.adam_beta2)
+        sgd = inner.sgd(lr)
+        return (lambda params: []), (lambda params, grads, moments, step: (sgd(params, grads, step), moments))
+
+    def _order(self, size, batch_size, steps):
+        """Example indices ``[epochs * size]``: reshuffled copies of ``0..size-1`` (``None``: whole-set steps)."""
+        if not batch_size or batch_size == size:
+            return None
+        return ops.reshape(heads.epoch_orders(-(-steps * batch_size // size), size, self.shuffle_seed), (-1,))
+
+    def _step(self, carry, step, x, y, update, batch_size, order):
+        """One inner step on ``x [n, ...]``, ``y``: the minibatch of ``step`` when ``order`` is given."""
+        params, moments = carry
+        if order is not None:
+            picked = ops.take(order, step * batch_size + ops.arange(batch_size))
+            x, y = ops.take(x, picked, axis=0), ops.take(y, picked, axis=0)
+
+        def loss(weights):
+            return self.objective.loss(self.apply(weights, x), y), ()
+
+        (_, _), grads = self.engine.value_and_grad(loss)(list(params))
+        return update(list(params), grads, moments, step)
+
+    def _predict(self, params, support_x, query_x):
+        """Query predictions ``[Q, out]``; non-transductive: each query batch-normalised with the support set alone."""
+        if self.evaluation == "transductive" or not self._batch_norm:
+            return self.apply(params, query_x)
+        return ops.vectorized_map(lambda q: self.apply(params, ops.concatenate([support_x, q[None]], axis=0))[-1], query_x)
+
+    def task_loss(self, params, state, task):
+        x, y = task["support_x"], task["support_y"]
+        if self.train_on == "support_and_query":
+            x, y = ops.concatenate([x, task["query_x"]], axis=0), ops.concatenate([y, task["query_y"]], axis=0)
+        steps, batch_size = int(self.inner_steps), int(self.inner_batch_size)
+        order = self._order(int(x.shape[0]), batch_size, steps)
+        init, update = self._rule(self.inner_lr)
+        initial = [ops.stop_gradient(p) for p in params]
+        carry = (initial, init(initial))
+        for step in range(steps):
+            carry = self._step(carry, step, x, y, update, batch_size, order)
+        adapted = [ops.stop_gradient(p) for p in carry[0]]
+        predictions = self.apply(adapted, task["query_x"])
+        loss = ops.stop_gradient(self.objective.loss(predictions, task["query_y"]))
+        # d(surrogate)/d(theta) = theta - phi: the Reptile direction as a (pseudo-)gradient; its value adds exactly 0.
+        surrogate = sum(ops.sum(p * ops.stop_gradient(p - a)) for p, a in zip(params, adapted))
+        metrics = {self.objective.metric_name: self.objective.metric(predictions, task["query_y"])}
+        return loss + (surrogate - ops.stop_gradient(surrogate)), (metrics, state)
+
+    def task_eval(self, params, state, task, max_steps):
+        x, y = task["support_x"], task["support_y"]
+        batch_size = int(self.eval_batch_size)
+        order = self._order(int(x.shape[0]), batch_size, int(max_steps))
+        init, update = self._rule(self.eval_inner_lr or self.inner_lr)
+        initial = [ops.stop_gradient(p) for p in params]
+        predictions = self.engine.trajectory(
+            lambda carry, step: self._step(carry, step, x, y, update, batch_size, order),
+            lambda carry: self._predict(carry[0], x, task["query_x"]),
+            (initial, init(initial)), max_steps,
+        )
+        return {"predictions": predictions}
+
+    def notes(self):
+        batches = f"minibatches of {self.eval_batch_size}" if self.eval_batch_size else "the whole support set"
+        return {
+            "inner": f"{self.inner_optimizer} (lr {self.inner_lr}" + (f", beta1 {self.adam_beta1})" if self.inner_optimizer == "adam" else ")"),
+            "evaluation": f"fine-tuned on {batches}; "
+            + ("non-transductive: each query batch-normalised with the support set alone" if self.evaluation == "non_transductive"
+               else "transductive: the queries of an episode batch-normalised together"),
+            "outer": "Reptile direction (theta - phi) as the outer optimizer's gradient",
+        }

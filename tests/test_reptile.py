@@ -1,0 +1,149 @@
+"""Reptile: the contract, toy tasks learned well above chance, its outer step as a pseudo-gradient,
+its inner optimizers and minibatches, and its non-transductive evaluation."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from metabench.algorithms import inner
+from metabench.algorithms.models import conv4, mlp
+from metabench.algorithms.reptile import Reptile
+from metabench.harness.engines import get_engine
+from metabench.harness.testing import conformance
+
+# One factory per task kind, shared by the contract and the margin tests (the suite trains each once).
+CLASSIFICATION = lambda: Reptile(inner_optimizer="sgd", inner_lr=0.1, inner_steps=3)  # noqa: E731
+REGRESSION = lambda: Reptile(inner_optimizer="sgd", inner_lr=0.05, inner_steps=5)  # noqa: E731
+CLASSIFICATION_ITERATIONS, REGRESSION_ITERATIONS, EVAL_STEPS = 50, 300, 5
+
+CASES = [
+    pytest.param(check, id=test_id)
+    for factory, kind in ((CLASSIFICATION, "classification"), (REGRESSION, "regression"))
+    for test_id, check in conformance.algorithm_checks(
+        factory, kinds=(kind,), eval_steps=EVAL_STEPS, classification_iterations=CLASSIFICATION_ITERATIONS,
+        regression_iterations=REGRESSION_ITERATIONS,
+    )
+]
+
+
+@pytest.mark.parametrize("check", CASES)
+def test_contract(check):
+    check()
+
+
+def test_learns_the_toy_tasks_well_above_chance():
+    # The settings exactly as algorithm_checks asks for them (lru_cache keys), so the contract's trained sessions are reused.
+    setting = conformance.classification_setting(iterations=CLASSIFICATION_ITERATIONS, eval_steps=EVAL_STEPS, pooled=False)
+    accuracy = conformance._trained(CLASSIFICATION, setting)[1]  # [steps, episodes]
+    assert accuracy[-1].mean() >= 0.6, f"5-way accuracy {accuracy[-1].mean():.3f} after {EVAL_STEPS} steps (chance 0.2)"
+    setting = conformance.regression_setting(iterations=REGRESSION_ITERATIONS, eval_steps=EVAL_STEPS, pooled=False)
+    mse = conformance._trained(REGRESSION, setting)[1]
+    assert mse[-1].mean() <= 0.2 * mse[0].mean(), f"MSE {mse[-1].mean():.3f} after adaptation, {mse[0].mean():.3f} before"
+
+
+def _line_task(rng, support=6, query=4):
+    x = rng.uniform(-2, 2, size=(support + query, 1)).astype("float32")
+    y = (1.5 * x - 0.5).astype("float32")
+    return {"support_x": x[:support], "support_y": y[:support], "query_x": x[support:], "query_y": y[support:]}
+
+
+def _reptile(model, task_kind="regression", **options):
+    keras.utils.set_random_seed(0)
+    return Reptile(**options).build(model, task_kind, get_engine("tensorflow"))
+
+
+def _support_gradient(algorithm, params, task):
+    def loss(weights):
+        return algorithm.objective.loss(algorithm.apply(weights, task["support_x"]), task["support_y"]), ()
+
+    return algorithm.engine.value_and_grad(loss)(params)[1]
+
+
+def test_the_outer_gradient_is_theta_minus_the_adapted_weights():
+    reptile = _reptile(mlp(1, 1, hidden=[8]), inner_optimizer="sgd", inner_lr=0.1, inner_steps=1)
+    task = {k: ops.convert_to_tensor(v) for k, v in _line_task(np.random.default_rng(0)).items()}
+    params = [v.value for v in reptile.meta_variables()]
+    (loss, (metrics, _)), pseudo = reptile.engine.value_and_grad(reptile.task_loss)(params, [], task)
+    adapted = [p - 0.1 * g for p, g in zip(params, _support_gradient(reptile, params, task))]
+    for g, p, a in zip(pseudo, params, adapted):  # one SGD step: theta - phi = lr * support gradient
+        np.testing.assert_allclose(np.asarray(g), np.asarray(p - a), rtol=1e-5, atol=1e-7)
+    query_loss = reptile.objective.loss(reptile.apply(adapted, task["query_x"]), task["query_y"])
+    np.testing.assert_allclose(float(loss), float(query_loss), rtol=1e-6)  # the value reported: the adapted query loss
+    assert float(metrics["mse"]) == pytest.approx(float(query_loss), rel=1e-6)
+
+
+def test_an_sgd_outer_step_is_the_batched_reptile_update():
+    epsilon, lr, steps = 0.5, 0.05, 2
+    reptile = _reptile(mlp(1, 1, hidden=[8]), inner_optimizer="sgd", inner_lr=lr, inner_steps=steps)
+    rng = np.random.default_rng(1)
+    tasks = [_line_task(rng), _line_task(rng)]
+    theta = [v.value for v in reptile.meta_variables()]
+    adapted = []
+    for task in tasks:
+        phi = list(theta)
+        for _ in range(steps):
+            phi = [p - lr * g for p, g in zip(phi, _support_gradient(reptile, phi, {k: ops.convert_to_tensor(v) for k, v in task.items()}))]
+        adapted.append([np.asarray(p) for p in phi])
+    expected = [np.asarray(t) + epsilon * np.mean([a[i] - np.asarray(t) for a in adapted], axis=0) for i, t in enumerate(theta)]
+    step = reptile.engine.make_meta_trainer(reptile.task_loss, reptile.meta_variables(), keras.optimizers.SGD(epsilon))
+    step({k: np.stack([t[k] for t in tasks]) for k in tasks[0]})
+    for variable, value in zip(reptile.meta_variables(), expected):
+        np.testing.assert_allclose(np.asarray(variable.value), value, rtol=1e-5, atol=1e-6)
+
+
+def test_the_adam_rule_is_keras_adam():
+    rng = np.random.default_rng(2)
+    params = [rng.normal(size=(3, 2)).astype("float32"), rng.normal(size=(2,)).astype("float32")]
+    grads = [[rng.normal(size=p.shape).astype("float32") for p in params] for _ in range(3)]
+    init, update = inner.adam(0.01, beta1=0.0, beta2=0.999, epsilon=1e-7)
+    ours, moments = [ops.convert_to_tensor(p) for p in params], init(params)
+    variables = [keras.Variable(p) for p in params]
+    optimizer = keras.optimizers.Adam(0.01, beta_1=0.0, beta_2=0.999, epsilon=1e-7)
+    for step, g in enumerate(grads):
+        ours, moments = update(ours, [ops.convert_to_tensor(x) for x in g], moments, step)
+        optimizer.apply(g, variables)
+    for mine, theirs in zip(ours, variables):
+        np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs.value), rtol=1e-5, atol=1e-7)
+
+
+def test_minibatches_pass_over_reshuffled_copies_of_the_set():
+    reptile = Reptile(inner_batch_size=2, shuffle_seed=3)
+    order = np.asarray(reptile._order(size=6, batch_size=2, steps=3))
+    assert sorted(order.tolist()) == list(range(6))  # three batches of 2: one pass, each example once
+    order = np.asarray(reptile._order(size=5, batch_size=10, steps=1))  # a batch larger than the set runs on
+    assert sorted(order[:5].tolist()) == sorted(order[5:].tolist()) == list(range(5))
+    assert reptile._order(size=5, batch_size=5, steps=4) is None and reptile._order(size=5, batch_size=0, steps=4) is None
+
+
+def _image_task(rng, queries=6):
+    return {
+        "support_x": rng.random((5, 8, 8, 1)).astype("float32"), "support_y": np.arange(5, dtype="int32"),
+        "query_x": rng.random((queries, 8, 8, 1)).astype("float32"), "label_set": np.arange(5, dtype="int32"),
+    }
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_non_transductive_evaluation_normalises_each_query_with_the_support_set_alone(optimizer):
+    reptile = _reptile(conv4((8, 8, 1), 5, filters=4), "classification", inner_optimizer=optimizer, inner_lr=0.05)
+    assert reptile.notes()["evaluation"].endswith("non-transductive: each query batch-normalised with the support set alone")
+    params = [v.value for v in reptile.meta_variables()]
+    task = _image_task(np.random.default_rng(4))
+    others = dict(task, query_x=np.concatenate([task["query_x"][:1], 1.0 - task["query_x"][1:]]))
+    predictions = np.asarray(reptile.task_eval(params, [], task, 2)["predictions"])  # [3, Q, 5]
+    assert predictions.shape == (3, 6, 5) and not np.allclose(predictions[0], predictions[2])
+    np.testing.assert_allclose(np.asarray(reptile.task_eval(params, [], others, 2)["predictions"])[:, 0], predictions[:, 0],
+                               rtol=1e-5, atol=1e-6)
+    alone = reptile.apply(params, np.concatenate([task["support_x"], task["query_x"][:1]]))[-1]
+    np.testing.assert_allclose(predictions[0, 0], np.asarray(alone), rtol=1e-5, atol=1e-6)
+    transductive = _reptile(conv4((8, 8, 1), 5, filters=4), "classification", inner_optimizer=optimizer, inner_lr=0.05,
+                            evaluation="transductive")
+    first = np.asarray(transductive.task_eval(params, [], task, 0)["predictions"])[0, 0]
+    assert not np.allclose(first, np.asarray(transductive.task_eval(params, [], others, 0)["predictions"])[0, 0], atol=1e-4)
+
+
+def test_refuses_unknown_options():
+    for options in ({"inner_optimizer": "rmsprop"}, {"train_on": "query"}, {"evaluation": "batch"}, {"inner_lr": 0.0},
+                    {"inner_steps": 0}, {"inner_batch_size": -1}):
+        with pytest.raises(ValueError, match="Received"):
+            Reptile(**options)
