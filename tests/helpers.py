@@ -1,5 +1,6 @@
-"""Factories shared by the test files: a run recorded into a results store, and an algorithm broken
-on purpose. (The ``store`` fixture, an empty results store, is in ``conftest.py``.)
+"""Factories shared by the test files: a run recorded into a results store, an algorithm broken on
+purpose, and the contract's checks as test cases (slow ones marked). (The ``store`` fixture, an empty
+results store, is in ``conftest.py``.)
 
 Test files import them as ``from helpers import record_run`` (pytest puts ``tests/`` on the path).
 """
@@ -10,6 +11,7 @@ import functools
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 
 from metabench.harness.config import config_hash as hash_of_config
 from metabench.harness.results.records import CurvePoint, Evaluation, RunInfo
@@ -53,6 +55,31 @@ def record_run(
     else:
         store.complete_run(run_id, list(evaluations), list(curve), {} if timings is None else timings, events=events)
     return run_id
+
+
+#: Contract checks that train or compile sessions of their own (10-30 s each on 2 cores, conv4 on the toy
+#: images): left to ``pytest -m slow`` for an algorithm whose contract runs on classification alone.
+SLOW_CONTRACT_CHECKS = ("deterministic", "ways_at_evaluation", "prequential_no_peeking")
+
+
+def contract_params(checks, kinds_run, prefix: str = "") -> list:
+    """``pytest.param``s of ``conformance.algorithm_checks(...)``'s ``(test id, check)`` pairs, with ids
+    ``prefix + test id``, the slow ones marked ``slow``. ``kinds_run``: every task kind the test file runs
+    this algorithm's contract on.
+
+    The default run keeps every algorithm's contract on one task kind: the whole regression contract
+    (a small MLP: seconds) where there is one, the classification one marked slow (each conv4 session
+    compiles and trains for tens of seconds); an algorithm with classification alone keeps its contract
+    but :data:`SLOW_CONTRACT_CHECKS`, so its session is trained once and shared by the checks that stay.
+    """
+    params = []
+    for test_id, check in checks:
+        kind, name = test_id.split("-", 1)
+        slow = (kind == "classification" and "regression" in kinds_run) or (
+            set(kinds_run) == {"classification"} and name in SLOW_CONTRACT_CHECKS
+        )
+        params.append(pytest.param(check, id=prefix + test_id, marks=[pytest.mark.slow] if slow else []))
+    return params
 
 
 @functools.cache

@@ -11,15 +11,17 @@ from metabench.algorithms.maml import MAML
 from metabench.algorithms.models import conv4, mlp
 from metabench.harness.engines import get_engine
 from metabench.harness.testing import conformance
+from helpers import contract_params
 
 CLASSIFICATION = lambda: ANIL(inner_lr=1.0, inner_steps=1)  # noqa: E731
 REGRESSION = lambda: ANIL(inner_lr=0.1, inner_steps=1)  # noqa: E731
 CLASSIFICATION_STEPS, REGRESSION_STEPS = 10, 5
 
+# The regression contract runs by default, the classification one with `pytest -m slow` (helpers.contract_params).
 CASES = [
-    pytest.param(check, id=test_id)
+    case
     for factory, kind, steps in ((CLASSIFICATION, "classification", CLASSIFICATION_STEPS), (REGRESSION, "regression", REGRESSION_STEPS))
-    for test_id, check in conformance.algorithm_checks(factory, kinds=(kind,), eval_steps=steps)
+    for case in contract_params(conformance.algorithm_checks(factory, kinds=(kind,), eval_steps=steps), kinds_run=("classification", "regression"))
 ]
 
 
@@ -28,6 +30,7 @@ def test_contract(check):
     check()
 
 
+@pytest.mark.slow  # reads the classification contract's session (slow) (pytest -m slow)
 def test_learns_the_toy_tasks_well_above_chance():
     # The settings exactly as algorithm_checks asks for them (lru_cache keys), so the contract's trained sessions are reused.
     accuracy = conformance._trained(CLASSIFICATION, conformance.classification_setting(iterations=150, eval_steps=CLASSIFICATION_STEPS, pooled=False))[1]

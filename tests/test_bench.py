@@ -31,6 +31,7 @@ def test_bench_json_on_tensorflow(capsys):
     _check(json.loads(capsys.readouterr().out.strip().splitlines()[-1]), "tensorflow")
 
 
+@pytest.mark.slow  # 15 s (pytest -m slow)
 def test_bench_json_on_jax():
     pytest.importorskip("jax")
     code = "import sys; from metabench.harness.cli.main import main; sys.exit(main(sys.argv[1:]))"
@@ -58,6 +59,7 @@ def test_bench_refuses_a_bad_setting_by_name(capsys):
     assert "Received --grad-of-mean with backend='tensorflow'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 15 s (pytest -m slow)
 def test_bench_times_a_real_omniglot_run_and_the_share_spent_on_data(tmp_path):
     from test_omniglot import make_omniglot  # synthetic archives in the official layout
 

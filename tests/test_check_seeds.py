@@ -49,6 +49,7 @@ def two_seeds(tmp_path_factory):
     return {"baseline": baseline, "runs": run_ids, "candidate": candidate, "code": code, "report": report.read_text()}
 
 
+@pytest.mark.slow  # like every test of two_seeds, a module fixture that trains two seeds: 12 s (pytest -m slow)
 def test_a_two_seed_baseline_rechecked_on_unchanged_code_is_unchanged_exit_0(two_seeds):
     assert two_seeds["code"] == 0
     out = two_seeds["report"]
@@ -59,6 +60,7 @@ def test_a_two_seed_baseline_rechecked_on_unchanged_code_is_unchanged_exit_0(two
     assert out.count("difference per seed: seed 0 +0.000%, seed 1 +0.000%") == 2
 
 
+@pytest.mark.slow  # reads two_seeds (pytest -m slow)
 def test_the_baseline_holds_one_recipe_and_one_row_per_seed(two_seeds):
     baseline = Baseline.load(two_seeds["baseline"])
     assert baseline.seeds == [0, 1] and baseline.run_ids == two_seeds["runs"]
@@ -69,6 +71,7 @@ def test_the_baseline_holds_one_recipe_and_one_row_per_seed(two_seeds):
         assert (setting.values[1][0] != setting.values[1][1]).any()  # the seeds really differ
 
 
+@pytest.mark.slow  # reads two_seeds (pytest -m slow)
 def test_the_rerun_stored_one_run_per_seed_and_those_runs_check_unchanged(two_seeds, capsys):
     with ResultsStore(two_seeds["candidate"]) as store:
         runs = store.runs()
@@ -85,6 +88,7 @@ def test_the_rerun_stored_one_run_per_seed_and_those_runs_check_unchanged(two_se
     assert f"could not compare: The baseline holds seed(s) 0, 1, but the candidate run(s) {ids[0]} hold seed(s) 0: missing seed(s) 1" in err
 
 
+@pytest.mark.slow  # reads two_seeds (pytest -m slow)
 def test_a_seed_override_is_refused_for_a_config_candidate(two_seeds, capsys):
     assert _metabench("check", "--baseline", two_seeds["baseline"], "--config", "quickstart", *SETS, "--set", "seed=3") == 2
     assert "could not compare: Received override 'seed=3', but a config candidate is run at the baseline's seeds (0, 1)" in capsys.readouterr().err

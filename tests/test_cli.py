@@ -157,6 +157,7 @@ def test_tensorflow_log_level_is_set_unless_verbose(monkeypatch, capsys):
     assert sys.meta_path[0].__class__.__name__ != "_QuietImports"  # the import filter is removed after the command
 
 
+@pytest.mark.slow  # 18 s (pytest -m slow)
 def test_a_run_prints_no_library_log_lines_and_one_json_document(tmp_path):
     """A fresh process, as a user runs it: nothing of TensorFlow's on stderr, exactly one JSON document on
     stdout naming every setting's result (the progress bar on stderr), and one line per event of the run."""
@@ -235,6 +236,7 @@ def _seedless_maml(**options):
     return seedless_maml(eval_inner_lr=options.pop("eval_inner_lr") or None, **options)
 
 
+@pytest.mark.slow  # 13 s (pytest -m slow)
 def test_conformance_runs_the_contract_on_a_plugin_and_exits_1_when_a_check_fails(monkeypatch, capsys):
     from metabench.harness.registry import ALGORITHMS, Entry
 

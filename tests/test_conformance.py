@@ -17,7 +17,7 @@ from metabench.harness.testing.conformance import (
 )
 from metabench.harness.registry import ALGORITHMS
 from metabench.harness.run.scoring import ContractError, scored_task_eval
-from helpers import seedless_maml
+from helpers import contract_params, seedless_maml
 
 # One table of algorithms under test: (registered name, task kind, factory with settings for the toy tasks).
 # One table of algorithms under test: (registered name, task kind, factory with settings for the
@@ -38,10 +38,12 @@ UNDER_TEST = [
     ("multitask", "regression", lambda: MultiTask(num_tasks=50, finetune_lr=0.01), 30),
 ]
 
+# Every algorithm's contract on one task kind runs by default, the rest with `pytest -m slow` (helpers.contract_params).
 CASES = [
-    pytest.param(check, id=f"{name}-{test_id}")
+    case
     for name, kind, factory, steps in UNDER_TEST
-    for test_id, check in algorithm_checks(factory, kinds=(kind,), eval_steps=steps)
+    for case in contract_params(algorithm_checks(factory, kinds=(kind,), eval_steps=steps),
+                                kinds_run={k for n, k, _, _ in UNDER_TEST if n == name}, prefix=f"{name}-")  # fmt: skip
 ]
 
 
@@ -99,6 +101,7 @@ class PositionalMAML(MAML):
         return {"predictions": predictions + ops.broadcast_to(by_position, (steps, queries, ways))}
 
 
+@pytest.mark.slow  # 22 s (pytest -m slow)
 def test_the_contract_catches_an_algorithm_that_reads_the_query_order():
     with pytest.raises(AssertionError, match="never on its position"):
         check_query_order(lambda: PositionalMAML(inner_lr=0.4), classification_setting(iterations=20))
@@ -109,12 +112,14 @@ def test_the_contract_catches_an_algorithm_that_peeks_at_query_labels():
         check_no_query_label_leak(lambda: PeekingMAML(inner_lr=0.4), classification_setting(iterations=20))
 
 
+@pytest.mark.slow  # 12 s (pytest -m slow)
 def test_the_suite_fails_the_metric_only_leak():
     with pytest.raises(AssertionError, match=r"^classification-learns: task_eval broke the contract: .*"
                                              r"MetricOnlyLeakMAML\.task_eval read task\['query_y'\]: task_eval must not read"):
         check_algorithm(lambda: MetricOnlyLeakMAML(inner_lr=0.4), kinds=("classification",), classification_iterations=20)
 
 
+@pytest.mark.slow  # 33 s (pytest -m slow)
 def test_the_contract_catches_an_algorithm_that_ignores_its_seed():
     with pytest.raises(AssertionError, match="every random choice must flow from the seed"):
         check_deterministic(lambda: seedless_maml(inner_lr=0.4), classification_setting(iterations=20))

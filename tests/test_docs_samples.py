@@ -407,9 +407,15 @@ def test_sample_is_well_formed(block):
 
 
 RUNNABLE_PAGES = [page for page in PAGES if any(block.runs for block in page_blocks(page))]
+#: pages whose samples train for 13-33 s on 2 cores: run with `pytest -m slow`
+SLOW_PAGES = {"README.md", "docs/adding-an-algorithm.md", "docs/configs.md"}
 
 
-@pytest.mark.parametrize("page", RUNNABLE_PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("page", [
+    pytest.param(page, id=page.relative_to(ROOT).as_posix(),
+                 marks=[pytest.mark.slow] if page.relative_to(ROOT).as_posix() in SLOW_PAGES else [])
+    for page in RUNNABLE_PAGES
+])  # fmt: skip
 def test_page_samples_run_as_written(page, tmp_path):
     done = run_blocks(page_blocks(page), scratch_repository(tmp_path))
     assert done.returncode == 0, failure(done)

@@ -101,17 +101,20 @@ def _assert_same(a: dict, b: dict) -> None:
     np.testing.assert_allclose(a["eval_metric"], b["eval_metric"], atol=1e-6, err_msg="evaluation accuracies")
 
 
+@pytest.mark.slow  # like every test of tensorflow_results and jax_results, module fixtures that train both engines: 53 s (pytest -m slow)
 @pytest.mark.parametrize("case", list(CASES))
 def test_tensorflow_and_jax_engines_agree(case, tensorflow_results, jax_results):
     _assert_same(tensorflow_results[case], jax_results[case])
 
 
+@pytest.mark.slow  # reads the engines' module fixtures (pytest -m slow)
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_matmul_convolutions_train_as_native_ones(backend, tensorflow_results, jax_results):
     results = {"tensorflow": tensorflow_results, "jax": jax_results}[backend]
     _assert_same(results["second_order_batch_norm"], results["second_order_batch_norm_matmul_conv"])
 
 
+@pytest.mark.slow  # reads the engines' module fixtures (pytest -m slow)
 def test_tensorflow_loop_and_vectorized_task_maps_agree(tensorflow_results):
     # One case (second order through batch norm, the evaluator too) stands for both: tf.vectorized_map
     # traces slowly.

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from metabench.harness.cli.main import main
 from metabench.harness.analysis.leaderboard import build_report
@@ -20,6 +21,7 @@ def _run(tmp_path, data, *overrides):
         return results.episode_metrics(), build_report(results)
 
 
+@pytest.mark.slow  # 44 s (pytest -m slow)
 def test_top_1_of_the_final_checkpoint_equals_the_last_checkpoint(tmp_path, shared_data_dir):
     metrics, _ = _run(tmp_path, shared_data_dir, "evaluation.ensemble_top_k=1", "train.checkpoint_every=20")
     headline = metrics[metrics.inner_steps == 3]
@@ -30,6 +32,7 @@ def test_top_1_of_the_final_checkpoint_equals_the_last_checkpoint(tmp_path, shar
     np.testing.assert_array_equal(ensemble, single)
 
 
+@pytest.mark.slow  # 44 s (pytest -m slow)
 def test_top_2_ensemble_is_recorded_and_reported_apart(tmp_path, shared_data_dir):
     metrics, report = _run(tmp_path, shared_data_dir, "evaluation.ensemble_top_k=2", "train.checkpoint_every=5")
     notes = [json.loads(n) for n in metrics.notes.unique()]

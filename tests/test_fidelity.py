@@ -158,6 +158,7 @@ def test_an_unknown_bn_step_set_option_is_refused():
 # --- MAML++'s "running" statistics: updated, and predictions not constant ----------------------------
 
 
+@pytest.mark.slow  # 53 s (pytest -m slow)
 def test_running_statistics_are_updated_and_give_non_constant_predictions():
     """Issue 20 point 6 (docs/fidelity.md). On the toy tasks after 300 iterations: 84% transductive, about
     chance with running statistics, where 2%, 10% and 20% of the episodes get one constant prediction after 1,
@@ -444,6 +445,7 @@ def test_reference_mamlpp_evaluates_upright_episodes_and_its_checkpoint_ensemble
     assert result.evaluations[1].fingerprint == result.evaluations[0].fingerprint
 
 
+@pytest.mark.slow  # 8-13 s each; the MAML++ reference recipe above runs by default (pytest -m slow)
 @pytest.mark.parametrize("name", ["omniglot_5way1shot_baselinepp_reference", "omniglot_5way1shot_maml_reference"])
 def test_the_other_reference_recipes_run_end_to_end(name, shared_data_dir, cache_dir):
     config, prepared, session, result = _tiny_reference_run(name, shared_data_dir, cache_dir)

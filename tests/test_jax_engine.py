@@ -61,6 +61,7 @@ QUICKSTART = """
 """
 
 
+@pytest.mark.slow  # 12 s (pytest -m slow)
 def test_quickstart_meta_trains_and_evaluates_with_tensorflow_hidden(tmp_path):
     done = _run_jax(QUICKSTART.replace("STORE", repr(str(tmp_path / "results.sqlite"))))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -70,6 +71,7 @@ def test_quickstart_meta_trains_and_evaluates_with_tensorflow_hidden(tmp_path):
     assert facts == {"backend": "jax", "status": "completed", "device": "CPU", "tensorflow_modules": []}
 
 
+@pytest.mark.slow  # 11 s (pytest -m slow)
 def test_backend_flag_alone_selects_jax_before_keras_starts(tmp_path):
     done = _run_jax(QUICKSTART.replace("STORE", repr(str(tmp_path / "results.sqlite"))), keras_backend=None)
     assert done.returncode == 0, done.stderr[-3000:]

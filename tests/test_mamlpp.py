@@ -58,6 +58,7 @@ def _first_training_batch(session):
     return {k: ops.convert_to_tensor(v) for k, v in session.source.batch(0).items()}
 
 
+@pytest.mark.slow  # 17 s (pytest -m slow)
 def test_lslr_rates_are_meta_learned():
     session, _ = _session()
     rates = session.algorithm._rates[0]
@@ -70,6 +71,7 @@ def test_lslr_rates_are_meta_learned():
     assert not fixed.algorithm._rates
 
 
+@pytest.mark.slow  # 17 s (pytest -m slow)
 def test_bnwb_keeps_one_scale_and_offset_per_step_and_learns_them_apart():
     session, _ = _session()
     per_step = session.algorithm._bn
@@ -81,6 +83,7 @@ def test_bnwb_keeps_one_scale_and_offset_per_step_and_learns_them_apart():
     assert all(len(v.shape) == 1 for v in shared.algorithm._bn)
 
 
+@pytest.mark.slow  # 25 s (pytest -m slow)
 def test_bnrs_keeps_statistics_per_step_and_uses_step_i_at_step_i():
     session, setting = _session(iterations=3)
     statistics = session.algorithm.state_variables()
@@ -120,6 +123,7 @@ def test_derivative_order_annealing_switches_to_second_order_after_its_epoch():
     assert difference > 1e-6
 
 
+@pytest.mark.slow  # 14 s (pytest -m slow)
 def test_cosine_annealing_of_the_meta_learning_rate():
     setting = classification_setting(iterations=1, eval_steps=3)
     config = dict(setting.config, train=dict(setting.config["train"], meta_lr_schedule="cosine", meta_iterations=4, meta_lr_min=1e-5))
@@ -129,6 +133,7 @@ def test_cosine_annealing_of_the_meta_learning_rate():
     assert float(np.asarray(session.optimizer.learning_rate)) == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.slow  # 29 s (pytest -m slow)
 def test_reference_style_evaluation_ignores_the_running_statistics():
     session, setting = _session(iterations=3, test_statistics="batch")
     batch = _eval_batch(setting)

@@ -70,6 +70,7 @@ def test_export_prints_the_identity_an_outside_tool_recomputes(exported):
     assert payload["inputs"] == {"dataset": {"image_size": 28, "name": "omniglot", "split_scheme": "maml"}, "preprocess_version": 1}
 
 
+@pytest.mark.slow  # 16 s (pytest -m slow)
 def test_the_index_conventions_hold_on_the_raw_zips(exported, shared_data_dir):
     """Pool digest, class order, image index = drawing number - 1 and counter-clockwise rotation, read
     straight from the zips with Pillow (the doc's conventions), equal what the harness materializes."""

@@ -9,6 +9,7 @@ from metabench.algorithms.models import conv4
 from metabench.algorithms.protonet import PrototypicalNetwork
 from metabench.harness.engines import get_engine
 from metabench.harness.testing import conformance
+from helpers import contract_params
 
 FACTORY = lambda: PrototypicalNetwork()  # noqa: E731
 STEPS = 0  # no inner steps: the nearest prototype after 0 steps is the method's prediction
@@ -16,10 +17,9 @@ STEPS = 0  # no inner steps: the nearest prototype after 0 steps is the method's
 # already reaches 0.61 on the toy; 400 iterations take it to 0.71 (150 gave 0.66).
 ITERATIONS = 400
 
-CASES = [
-    pytest.param(check, id=test_id)
-    for test_id, check in conformance.algorithm_checks(FACTORY, eval_steps=STEPS, classification_iterations=ITERATIONS)
-]
+# The contract but the checks that train sessions of their own runs by default (helpers.contract_params).
+CASES = contract_params(conformance.algorithm_checks(FACTORY, eval_steps=STEPS, classification_iterations=ITERATIONS),
+                        kinds_run=("classification",))
 
 
 @pytest.mark.parametrize("check", CASES)
@@ -27,6 +27,7 @@ def test_contract(check):
     check()
 
 
+@pytest.mark.slow  # 10 s (pytest -m slow)
 def test_more_ways_in_training_than_at_evaluation():
     setting = conformance.classification_setting(ways=10, eval_ways=5, iterations=100, eval_steps=STEPS)
     assert setting.prepared.train_spec.ways == 10 and setting.prepared.eval_sets[0].spec.ways == 5

@@ -11,19 +11,21 @@ from metabench.algorithms.models import conv4, mlp
 from metabench.algorithms.reptile import Reptile
 from metabench.harness.engines import get_engine
 from metabench.harness.testing import conformance
+from helpers import contract_params
 
 # One factory per task kind, shared by the contract and the margin tests (the suite trains each once).
 CLASSIFICATION = lambda: Reptile(inner_optimizer="sgd", inner_lr=0.1, inner_steps=3)  # noqa: E731
 REGRESSION = lambda: Reptile(inner_optimizer="sgd", inner_lr=0.05, inner_steps=5)  # noqa: E731
 CLASSIFICATION_ITERATIONS, REGRESSION_ITERATIONS, EVAL_STEPS = 50, 300, 5
 
+# The regression contract runs by default, the classification one with `pytest -m slow` (helpers.contract_params).
 CASES = [
-    pytest.param(check, id=test_id)
+    case
     for factory, kind in ((CLASSIFICATION, "classification"), (REGRESSION, "regression"))
-    for test_id, check in conformance.algorithm_checks(
+    for case in contract_params(conformance.algorithm_checks(
         factory, kinds=(kind,), eval_steps=EVAL_STEPS, classification_iterations=CLASSIFICATION_ITERATIONS,
         regression_iterations=REGRESSION_ITERATIONS,
-    )
+    ), kinds_run=("classification", "regression"))
 ]
 
 
@@ -32,6 +34,7 @@ def test_contract(check):
     check()
 
 
+@pytest.mark.slow  # reads the classification contract's session (slow) (pytest -m slow)
 def test_learns_the_toy_tasks_well_above_chance():
     # The settings exactly as algorithm_checks asks for them (lru_cache keys), so the contract's trained sessions are reused.
     setting = conformance.classification_setting(iterations=CLASSIFICATION_ITERATIONS, eval_steps=EVAL_STEPS, pooled=False)

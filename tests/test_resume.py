@@ -86,6 +86,7 @@ def killed_and_resumed(tmp_path_factory):
             "killed_status": killed_status, "killed_at": killed_at}
 
 
+@pytest.mark.slow  # like every test of killed_and_resumed, a module fixture that kills and resumes a run: 34 s (pytest -m slow)
 def test_a_killed_run_is_left_running_and_resumes_in_its_own_row(killed_and_resumed):
     runs, killed = killed_and_resumed["runs"], killed_and_resumed["killed"]
     assert killed_and_resumed["killed_status"] == "running"  # kill -9 leaves no chance to record anything
@@ -97,6 +98,7 @@ def test_a_killed_run_is_left_running_and_resumes_in_its_own_row(killed_and_resu
     assert 100 <= resumed["from_iteration"] <= killed_and_resumed["killed_at"] and resumed["from_iteration"] % 25 == 0
 
 
+@pytest.mark.slow  # reads killed_and_resumed (pytest -m slow)
 def test_the_resumed_run_ends_bit_for_bit_as_the_uninterrupted_one(killed_and_resumed):
     metrics, curves, runs = killed_and_resumed["metrics"], killed_and_resumed["curves"], killed_and_resumed["runs"]
     killed, reference = killed_and_resumed["killed"], killed_and_resumed["reference"]
@@ -117,6 +119,7 @@ def test_the_resumed_run_ends_bit_for_bit_as_the_uninterrupted_one(killed_and_re
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow  # reads killed_and_resumed (pytest -m slow)
 def test_two_run_processes_writing_one_store_both_land(killed_and_resumed):
     runs, killed, reference = killed_and_resumed["runs"], killed_and_resumed["killed"], killed_and_resumed["reference"]
     resumed_at = runs.loc[killed, "history"][1]["at"]

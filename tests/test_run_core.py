@@ -31,6 +31,7 @@ def _stored(path):
     return runs, metrics
 
 
+@pytest.mark.slow  # 36 s (pytest -m slow)
 def test_run_and_a_one_run_sweep_store_identical_results(tmp_path, shared_data_dir):
     run_store, sweep_store = tmp_path / "run.sqlite", tmp_path / "sweep.sqlite"
     common = ["--data-dir", str(shared_data_dir), "--quiet"]

@@ -19,6 +19,7 @@ def sinusoid_run(tmp_path_factory):
     return store
 
 
+@pytest.mark.slow  # like every test of sinusoid_run, a module fixture that trains the quickstart: 40 s (pytest -m slow)
 def test_one_inner_step_lowers_the_5_shot_mse(sinusoid_run):
     with ResultsStore(sinusoid_run) as store:
         metrics = store.episode_metrics()
@@ -35,6 +36,7 @@ def test_one_inner_step_lowers_the_5_shot_mse(sinusoid_run):
     assert ten_steps.mean() < after.mean()
 
 
+@pytest.mark.slow  # reads sinusoid_run (pytest -m slow)
 def test_run_records_its_metadata(sinusoid_run):
     with ResultsStore(sinusoid_run) as store:
         runs = store.runs()
@@ -94,6 +96,7 @@ def test_list_shows_registries_and_configs(capsys):
         assert name in out
 
 
+@pytest.mark.slow  # reads sinusoid_run (pytest -m slow)
 def test_maml_beats_pretraining_on_all_tasks_after_one_step(sinusoid_run, tmp_path):
     """The MAML paper's Table 2 ordering, on the same episodes, at a CI budget."""
     store = tmp_path / "pretrain.sqlite"

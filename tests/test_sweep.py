@@ -84,6 +84,7 @@ def test_running_a_sweep_twice_runs_nothing_the_second_time(sweep_file, tmp_path
         assert set(timings) == {"train_s", "data_wait_s", "eval_s"} and 0 <= timings["data_wait_s"] < timings["train_s"]
 
 
+@pytest.mark.slow  # 45 s (pytest -m slow)
 def test_a_killed_sweep_finishes_exactly_the_missing_runs(sweep_file, tmp_path):
     store = tmp_path / "s.sqlite"
     command = [sys.executable, "-m", "metabench.harness.cli", "sweep", str(sweep_file), "--store", str(store), "--no-report", "--quiet"]
@@ -114,6 +115,7 @@ def test_a_killed_sweep_finishes_exactly_the_missing_runs(sweep_file, tmp_path):
     assert not any((tmp_path / "checkpoints").glob("sweep-*/ckpt-*"))  # cleaned up after completion
 
 
+@pytest.mark.slow  # 22 s (pytest -m slow)
 def test_ray_executor_gives_the_local_results(sweep_file, tmp_path):
     pytest.importorskip("ray")
     local, remote = tmp_path / "local.sqlite", tmp_path / "ray.sqlite"
@@ -129,6 +131,7 @@ def test_ray_executor_gives_the_local_results(sweep_file, tmp_path):
     np.testing.assert_allclose(left.value.to_numpy(), right.value.to_numpy(), rtol=0, atol=0)
 
 
+@pytest.mark.slow  # 21 s (pytest -m slow)
 def test_a_sweep_over_two_values_of_one_option_gives_two_labelled_rows(tmp_path):
     """Two inner learning rates are two recipes: two rows, each named by its value, seeds pooled within each."""
     from metabench.harness.analysis.leaderboard import build_report

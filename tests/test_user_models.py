@@ -193,6 +193,7 @@ def test_keras_batch_norm_left_in_place_gets_the_meta_gradient_wrong_on_tensorfl
     assert error.max() > 1e-2 * np.abs(result["numeric"]).max()
 
 
+@pytest.mark.slow  # 19 s (pytest -m slow)
 def test_user_models_batch_norm_gives_exact_second_order_meta_gradients_on_jax(user_module):
     pytest.importorskip("jax")
     runner = f"""
@@ -317,6 +318,7 @@ def _toy_session(builder: str, algorithm: dict, iterations: int):
     return config, setting.prepared, open_session(config, setting.prepared, engine)
 
 
+@pytest.mark.slow  # 12 s (pytest -m slow)
 def test_a_user_model_meta_trains_above_chance_on_the_toy_classification_tasks(user_module):
     from metabench.harness.run.core import train_and_evaluate
 
