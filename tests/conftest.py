@@ -26,3 +26,16 @@ def store(tmp_path):
 
     with ResultsStore(tmp_path / "results.sqlite") as opened:
         yield opened
+
+
+@pytest.fixture
+def float64():
+    """Keras computes in float64 for the test (finite-difference checks), then the previous dtype returns."""
+    import keras  # loaded only by the tests that ask for float64
+
+    previous, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(previous)
+    keras.config.set_dtype_policy(previous_policy)

@@ -10,16 +10,6 @@ from metabench.algorithms.models import BatchNorm, mlp
 from metabench.harness.engines import get_engine
 
 
-@pytest.fixture
-def float64():
-    previous, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(previous)
-    keras.config.set_dtype_policy(previous_policy)
-
-
 def _task(rng):
     x = rng.uniform(-2, 2, size=(6, 1))
     return {

@@ -23,7 +23,7 @@ from metabench.harness.results.store import ResultsStore
 from helpers import record_run
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "published_results.toml"
-OUR_NAMES = {"maml", "mamlpp", "baseline", "baseline++", "pretrain", "multitask"}
+OUR_NAMES = {"maml", "mamlpp", "baseline", "baseline++", "pretrain", "multitask", "reptile", "protonet", "anil"}
 
 
 # ----------------------------------------------------------------------------- the shipped numbers
@@ -49,12 +49,16 @@ def test_shipped_numbers_have_sources_kinds_and_our_names():
         ("Baseline", 1), ("Baseline", 5), ("Baseline++", 1), ("Baseline++", 5)}  # fmt: skip
     assert {(u.dataset, u.shots, u.ours) for u in published.unpublished} == {
         ("sinusoid", 10, "maml"), ("sinusoid", 10, "pretrain"), ("sinusoid", 5, "maml"), ("Omniglot", 1, "maml"),
-        ("Omniglot", 5, "maml")}  # fmt: skip
+        ("Omniglot", 5, "maml"), ("Omniglot", 1, "anil")}  # fmt: skip
     # the MAML paper's rows name their order: second order for "MAML", first order for its approximation
     orders = {(r.dataset, r.shots, r.algorithm): r.ours_options.get("first_order") for r in published.results if r.ours == "maml"}
     assert orders[("Omniglot", 1, "MAML")] is False and orders[("sinusoid", 5, "MAML")] is False
     assert orders[("miniImageNet", 1, "MAML, first-order approximation")] is True
-    assert all(u.ours_options == {"first_order": True} for u in published.unpublished if u.dataset == "Omniglot")
+    assert all(u.ours_options == {"first_order": True} for u in published.unpublished if u.dataset == "Omniglot" and u.ours == "maml")
+    # Reptile's rows name their evaluation; ProtoNets' carry no published uncertainty
+    modes = {(r.ways, r.algorithm): r.ours_options for r in published.results if r.ours == "reptile"}
+    assert modes[(5, "Reptile")] == {"evaluation": "non_transductive"} and modes[(5, "Reptile + transduction")] == {"evaluation": "transductive"}
+    assert {(r.ways, r.value, r.pm_kind) for r in published.results if r.ours == "protonet"} == {(5, 98.8, "none"), (20, 96.0, "none")}
 
 
 def test_shipped_numbers_agree_with_the_shared_reference_file():
@@ -230,6 +234,26 @@ def test_std_over_seeds_uses_our_seed_interval(tmp_path):
     assert row["paper_pm_kind"] == "std-seeds" and row["ours_interval"] == "95% t-CI over 3 seed means"
     assert row["ours_half95"] == pytest.approx(scipy_stats.t.ppf(0.975, 2) * 0.5 / math.sqrt(3))  # seed means 52, 52.5, 51.5
     assert row["verdict"] == "inside the paper's ± (one seed std)"
+
+
+def test_reptile_is_compared_only_with_the_row_of_its_evaluation_mode(tmp_path):
+    def add(mode, mean):
+        config = {"seed": 0, "dataset": {"name": "omniglot"}, "algorithm": {"name": "reptile", "evaluation": mode},
+                  "train": {"meta_iterations": 300}}  # fmt: skip
+        accuracy = _omniglot(mean).values[3]  # Reptile's rows are for 50 test-time steps
+        evaluation = Evaluation("test", 5, 1, 15, "f" * 64, "accuracy", 50, {0: accuracy - 0.5, 50: accuracy})
+        record_run(opened, [evaluation], algorithm="reptile", dataset="omniglot", seed=0, config=config, config_hash=f"{len(mode):064x}",
+                   curve=[CurvePoint(1, 1.0, 0.5, 0.1)])  # fmt: skip
+
+    with ResultsStore(tmp_path / "r.sqlite") as opened:
+        add("non_transductive", 0.95)
+        add("transductive", 0.97)
+        compared, _ = reproduction_table(opened.episode_metrics(), opened.runs(), load_published())
+    rows = compared[(compared["ways"] == 5) & (compared["shots"] == 1)].set_index("paper_algorithm")
+    assert rows.loc["Reptile", "label"] == 'reptile (evaluation="non_transductive")'
+    assert rows.loc["Reptile", "ours_mean"] == pytest.approx(95.0)
+    assert rows.loc["Reptile + transduction", "label"] == 'reptile (evaluation="transductive")'
+    assert rows.loc["Reptile + transduction", "ours_mean"] == pytest.approx(97.0)
 
 
 def test_an_empty_store_says_so(tmp_path):

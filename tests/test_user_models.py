@@ -149,18 +149,6 @@ def user_module(tmp_path_factory):
     sys.modules.pop(MODULE, None)
 
 
-@pytest.fixture
-def float64():
-    import keras
-
-    previous, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(previous)
-    keras.config.set_dtype_policy(previous_policy)
-
-
 def _meta_gradient_check(replace: bool) -> dict:
     scope = {"MODULE": MODULE, "REPLACE": replace, "EPS": 1e-5, "importlib": importlib}
     exec(textwrap.dedent(META_GRADIENT_CHECK), scope)
