@@ -300,7 +300,7 @@ def test_a_bad_file_among_several_imports_nothing(bundle_and_target, source, tmp
         (lambda run: run["curve"].append([150, 0.5, 0.5]), r"curve\[2\] is .*expected \[iteration, loss, metric, seconds\]"),
         (lambda run: run["evaluations"][0].__setitem__("headline_steps", 10),
          r"headline_steps = 10, but values cover inner steps \['0', '1', '5'\]"),
-        (lambda run: run["evaluations"][0].__setitem__("metric", "f1"), r"metric is 'f1', expected 'accuracy' or 'mse'"),
+        (lambda run: run["evaluations"][0].__setitem__("metric", "f1"), r"metric is 'f1', expected 'accuracy', 'mse', 'return'"),
         (lambda run: run.__setitem__("algorithm", "protonet"), r"algorithm is 'protonet' but its config says 'maml'"),
         (lambda run: run.__setitem__("label", "best"), r"label is 'best' but its config's label is ''"),
     ],

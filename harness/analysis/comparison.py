@@ -5,9 +5,12 @@
 :mod:`metabench.harness.analysis.stats`; it reads no store and trains nothing
 (:func:`metabench.harness.testing.check.check` obtains the candidate, then calls it):
 
-* The unit of every difference is the unit of the tolerance: **percentage points** of accuracy, or
-  **percent of the baseline's mean MSE** (``100 * (mse_candidate - mse_baseline) / mean(mse_baseline)``).
-  ``difference`` is candidate minus baseline in that unit (so for MSE a positive difference is worse).
+* The unit of every difference is the unit of the tolerance: **percentage points** of accuracy,
+  **percent of the baseline's mean MSE** (``100 * (mse_candidate - mse_baseline) / mean(mse_baseline)``),
+  or **units of return** (reinforcement learning: the mean return, as is; returns are often negative, so
+  a percentage of them would flip sign). ``difference`` is candidate minus baseline in that unit (so for
+  MSE a positive difference is worse). Which direction is better comes from
+  :func:`metabench.harness.results.records.higher_is_better`: accuracy and return higher, MSE lower.
 * ``regressed``: the candidate is worse by more than ``tolerance`` (the mean paired difference) and
   the one-sided paired t-test "candidate worse than baseline" is significant at ``alpha``, its
   p-values Holm-adjusted over the settings compared. ``improved`` symmetrically; otherwise
@@ -63,6 +66,7 @@ from metabench.harness.results.baseline_file import (
     SettingResults,
     config_differences,
 )
+from metabench.harness.results.records import higher_is_better as metric_higher_is_better
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +77,10 @@ EXIT_OK, EXIT_REGRESSED, EXIT_CANNOT_COMPARE = 0, 1, 2
 """Exit statuses of ``metabench check``."""
 
 DEFAULT_TOLERANCE = 0.5
-"""Percentage points of accuracy, or percent of the baseline's mean MSE."""
+"""Percentage points of accuracy, percent of the baseline's mean MSE, or units of return."""
+
+UNITS = {"accuracy": "pp", "mse": "% of baseline MSE", "return": "return"}
+"""The unit of a difference (and of the tolerance) for each plain metric (see the module docstring)."""
 
 DEFAULT_ALPHA = 0.05
 
@@ -96,10 +103,11 @@ class SettingCheck:
         setting: the baseline's results of this setting (its description, fingerprint, metric).
         inner_steps: the inner-step count compared.
         n: number of paired episodes (episodes where the baseline is NaN are left out).
-        unit: ``"pp"`` (percentage points of accuracy) or ``"% of baseline MSE"``.
-        higher_is_better: True for accuracy, False for MSE.
+        unit: ``"pp"`` (percentage points of accuracy), ``"% of baseline MSE"`` or ``"return"``
+            (units of return); see :data:`UNITS`.
+        higher_is_better: True for accuracy and return, False for MSE.
         baseline_mean, candidate_mean: means over the paired episodes, in the metric's own unit
-            (accuracy as a fraction, MSE as is).
+            (accuracy as a fraction, MSE and return as is).
         difference: mean of candidate minus baseline, in ``unit``.
         ci_low, ci_high: the ``ci_level`` Student-t CI of ``difference``.
         ci_level: ``1 - 2 alpha``.
@@ -270,7 +278,7 @@ class CheckResult:
                 f"  [{s.decision}] {s.setting.describe()}, {s.setting.metric} after {s.inner_steps} inner step(s), "
                 f"n = {s.n}, fingerprint {s.setting.fingerprint[:12]}:"
             )
-            unit = " pp" if s.unit == "pp" else "% of baseline MSE"
+            unit = _unit_suffix(s.unit)
             numbers = (
                 f"    baseline {_show(s.baseline_mean, s.setting.metric)}, candidate {_show(s.candidate_mean, s.setting.metric)}: "
                 f"difference {_signed(s.difference, unit)} ({100 * s.ci_level:g}% CI "
@@ -290,7 +298,7 @@ class CheckResult:
                     f"{100 * e.confidence:g}% CI {_signed(e.ci_low, say_why=False)} to {_signed(e.ci_high, say_why=False)})"
                 )
             if len(s.per_seed) > 1:
-                mark = " pp" if s.unit == "pp" else "%"
+                mark = "%" if s.unit == UNITS["mse"] else _unit_suffix(s.unit)
                 lines.append("    difference per seed: " + ", ".join(f"seed {seed} {_signed(d, mark)}" for seed, d in s.per_seed))
             if s.note:
                 lines.append(f"    note: {s.note}")
@@ -455,14 +463,17 @@ def _compare_setting(b: SettingResults, c: SettingResults, inner_steps, toleranc
     keep = base_ok & cand_ok
     if not base_ok.any():
         raise CheckError(f"Every baseline {b.metric} of {b.describe()} at {steps} inner steps is NaN; save a baseline from a run that did not diverge.")
-    higher_is_better = b.metric == "accuracy"
-    if higher_is_better:
-        scale, unit = 100.0, "pp"
-    else:
+    higher_is_better = metric_higher_is_better(b.metric)
+    unit = UNITS[b.metric]
+    if b.metric == "accuracy":
+        scale = 100.0
+    elif b.metric == "mse":
         reference = float(np.mean(base[base_ok]))
         if not reference > 0:
             raise CheckError(f"The baseline's mean MSE of {b.describe()} is {reference}; a relative MSE change needs a positive baseline.")
-        scale, unit = 100.0 / reference, "% of baseline MSE"
+        scale = 100.0 / reference
+    else:
+        scale = 1.0
     notes = []
     if dropped:
         notes.append(f"{dropped} episode(s) left out: the baseline's {b.metric} is not finite there")
@@ -528,8 +539,8 @@ def _deciding(settings: Sequence[SettingCheck], decision: str, verdict: str | No
 def check_thresholds(tolerance, alpha, equivalence, inner_steps) -> None:
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (math.isfinite(tolerance) and tolerance >= 0):
         raise CheckError(
-            f"Received tolerance={tolerance!r}; expected a finite number >= 0 (percentage points of accuracy, or percent "
-            "of the baseline's mean MSE), e.g. 0.5."
+            f"Received tolerance={tolerance!r}; expected a finite number >= 0 (percentage points of accuracy, percent "
+            "of the baseline's mean MSE, or units of return), e.g. 0.5."
         )
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 0.5:
         raise CheckError(f"Received alpha={alpha!r}; expected a significance level strictly between 0 and 0.5, e.g. 0.05.")
@@ -603,13 +614,18 @@ def _num(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _unit_suffix(unit: str) -> str:
+    """How a difference's unit follows its number: ``" pp"``, ``"% of baseline MSE"``, ``" return"``."""
+    return unit if unit.startswith("%") else " " + unit
+
+
 def _show(value: float, metric: str) -> str:
     if not math.isfinite(value):
         return str(value)
     return f"{100 * value:.2f}%" if metric == "accuracy" else f"{value:.4f}"
 
 
-#: a difference beyond this (percentage points, or percent of the baseline's MSE) is a diverged run, not a measurement
+#: a difference beyond this (percentage points, percent of the baseline's MSE, units of return) is a diverged run, not a measurement
 ABSURD_DIFFERENCE = 1e6
 
 

@@ -50,6 +50,7 @@ from metabench.harness.analysis.leaderboard import results_as_of
 from metabench.harness.analysis.pooling import seed_values
 from metabench.harness.analysis.stats import mean_ci95, seed_summary
 from metabench.harness.errors import MetabenchError
+from metabench.harness.results.records import higher_is_better as metric_higher_is_better
 from metabench.harness.results.store import ResultsStore
 
 logger = logging.getLogger(__name__)
@@ -471,7 +472,7 @@ def _compare(paper: PublishedResult, key: dict, ways, group: pd.DataFrame, recor
         "ours_half95": half, "ours_interval": interval, "seeds": ours["seeds"], "episodes": ours["episodes"],
         "difference": mean - paper.value,
         "verdict": verdict(mean, half, paper.value, paper.half_width_95(), paper_pm=paper.pm, pm_kind=paper.pm_kind,
-                           higher_is_better=paper.metric == "accuracy"),
+                           higher_is_better=metric_higher_is_better(paper.metric)),
         "protocol_differences": differences,
     }  # fmt: skip
 

@@ -27,7 +27,8 @@ def register(commands) -> None:
             "Pair the candidate's per-episode metrics with the baseline's, on exactly the baseline's episodes, "
             "and decide: regressed (worse by more than --tolerance, one-sided paired t-test significant at --alpha), "
             "improved, or unchanged; with --equivalence, also whether the change lies within +/- MARGIN (TOST). "
-            "Differences are in percentage points of accuracy, or percent of the baseline's mean MSE. "
+            "Differences are in percentage points of accuracy, percent of the baseline's mean MSE, or units of return "
+            "(reinforcement learning; higher is better, like accuracy). "
             "Both sides hold the same seeds: a --config candidate is run at every seed of the baseline, and --run "
             "takes one completed run per baseline seed; the per-seed averages are paired. "
             "Exit status: 0 unchanged/improved/equivalent, 1 regressed or not equivalent, 2 could not compare. "
@@ -46,8 +47,8 @@ def register(commands) -> None:
     check.add_argument("--store", help=f"results store: read --run from it (default: {DEFAULT_STORE}); record the "
                        "--config run in it (default: a temporary store, deleted afterwards)")
     check.add_argument("--tolerance", type=float, default=0.5,
-                       help="largest change that is not a regression: percentage points of accuracy, or percent of "
-                       "the baseline's mean MSE (default: 0.5)")
+                       help="largest change that is not a regression: percentage points of accuracy, percent of "
+                       "the baseline's mean MSE, or units of return (default: 0.5)")
     check.add_argument("--alpha", type=float, default=0.05, help="significance level of the one-sided tests (default: 0.05)")
     check.add_argument("--equivalence", type=float, metavar="MARGIN",
                        help="also require equivalence within +/- MARGIN (TOST; same unit as --tolerance)")

@@ -116,11 +116,11 @@ def _print_summary(summary) -> None:
         metric = setting.get("metric", summary.metric)
         if metric != summary.metric:  # a prequential result: say which, and what its "steps" count
             name += f" {metric}" + (" (by examples seen)" if metric.endswith("_by_seen") else "")
-        mse = "mse" in metric
+        percent = "accuracy" in metric  # a fraction shown in percent; MSE and return as they are
         for steps, value in setting["by_inner_steps"].items():
-            shown = f"{value:.4f}" if mse else f"{100 * value:.2f}%"
+            shown = f"{100 * value:.2f}%" if percent else f"{value:.4f}"
             if steps == setting["inner_steps"]:
-                ci = setting["ci95"] if mse else 100 * setting["ci95"]
-                shown += f" ± {ci:.4f}" if mse else f" ± {ci:.2f}"
+                ci = 100 * setting["ci95"] if percent else setting["ci95"]
+                shown += f" ± {ci:.2f}" if percent else f" ± {ci:.4f}"
             table.add_row(name, str(steps), shown)
     Console(stderr=False).print(table)

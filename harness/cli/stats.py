@@ -73,7 +73,7 @@ def _stats(args) -> int:
         payload = {"table": str(args.table), **result.as_dict()}
         lower = set(result.lower_is_better.tolist())
         direction = {frozenset({True}): "lower is better", frozenset({False}): "higher is better"}.get(
-            frozenset(lower), "lower is better for MSE rows, higher for accuracy rows")
+            frozenset(lower), "lower is better for MSE rows, higher for accuracy and return rows")
     if args.json:
         print(json.dumps(payload, indent=2, allow_nan=False))
     else:
@@ -104,7 +104,7 @@ def _leaderboard_analysis(path: Path, args):
         frame["label"] = frame["algorithm"]
     frame["ways"] = frame["ways"].astype("Int64")  # empty for regression
     if args.lower_is_better:
-        logger.warning("Ignoring --lower-is-better: a leaderboard's metric column decides each row (mse: lower is better).")
+        logger.warning("Ignoring --lower-is-better: a leaderboard's metric column decides each row (mse: lower is better; accuracy, return: higher).")
     analysis, _, note = across_settings(frame, alpha=args.alpha)
     if analysis is None:
         raise StatsInputError(f"{path} (a leaderboard of `metabench report`): {note}")

@@ -23,7 +23,8 @@ Format ``metabench-baseline/1`` (one object; keys in this order)::
     config          the first run's full resolved config (every run shares it but for the seed)
     settings        one object per evaluation setting:
                       dataset, split, ways (null for regression), shots, queries, fingerprint,
-                      metric ("accuracy" as a fraction in [0, 1], or "mse"), headline_steps,
+                      metric ("accuracy" as a fraction in [0, 1], "mse", or "return": the mean
+                      return of reinforcement-learning rollouts), headline_steps,
                       episodes (n), mean {inner steps: mean over runs and episodes} (for reading
                       only; never trusted on load), values {inner steps: [[run 0's n values],
                       [run 1's n values], ...]}. A NaN value is written as null.
@@ -56,14 +57,16 @@ import pandas as pd
 
 from metabench.harness.config import hashed_view, recipe_hash
 from metabench.harness.errors import MetabenchError
+from metabench.harness.results.records import PLAIN_METRICS
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "metabench-baseline/1"
 """The ``format`` string of the files this module writes and reads."""
 
-METRICS = ("accuracy", "mse")
-"""Per-episode metrics a setting can hold (as in :class:`metabench.harness.results.records.Evaluation`)."""
+METRICS = PLAIN_METRICS
+"""Per-episode metrics a setting can hold: the plain ones of :class:`metabench.harness.results.records.Evaluation`
+(``"accuracy"``, ``"mse"``, ``"return"``)."""
 
 
 class BaselineError(MetabenchError, ValueError):
@@ -81,7 +84,8 @@ class SettingResults:
         shots: support examples per class (regression: support points per task).
         queries: query examples per class (regression: query points per task).
         fingerprint: sha256 hex of the evaluation episode set; results pair only when equal.
-        metric: ``"accuracy"`` (fraction in [0, 1]; higher is better) or ``"mse"`` (lower is better).
+        metric: ``"accuracy"`` (fraction in [0, 1]; higher is better), ``"mse"`` (lower is better) or
+            ``"return"`` (mean return of reinforcement-learning rollouts; higher is better).
         headline_steps: the inner-step count the run reports as its result.
         values: inner-step count -> float64 array ``[runs, episodes]``; row ``r`` is run ``r`` (one
             row per seed) and column ``i`` the same episode ``i`` in every row and every step

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from metabench.harness.config import config_hash, recipe_hash
-from metabench.harness.results.records import METRICS, PREQUENTIAL_METRICS, CurvePoint, Evaluation, RunInfo
+from metabench.harness.results.records import METRICS, PLAIN_METRICS, CurvePoint, Evaluation, RunInfo
 from metabench.harness.results.store import ResultsStore, StoreError
 
 logger = logging.getLogger(__name__)
@@ -480,8 +480,9 @@ def _evaluation_problem(evaluation, where: str) -> str | None:
     if problem:
         return problem
     if evaluation["metric"] not in METRICS:
-        prequential = ", ".join(PREQUENTIAL_METRICS)
-        return f"{where} metric is {evaluation['metric']!r}, expected 'accuracy' or 'mse' (or a prequential metric: {prequential})"
+        plain = ", ".join(repr(m) for m in PLAIN_METRICS)
+        others = ", ".join(m for m in METRICS if m not in PLAIN_METRICS)
+        return f"{where} metric is {evaluation['metric']!r}, expected {plain} (or one of: {others})"
     for key in ("ways", "shots", "queries", "headline_steps"):
         if evaluation[key] is not None and evaluation[key] < 0:
             return f"{where} {key} = {evaluation[key]}, expected a count >= 0"

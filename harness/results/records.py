@@ -22,9 +22,34 @@ METRICS = PLAIN_METRICS + PREQUENTIAL_METRICS
 """Every metric name an evaluation can record."""
 
 
+HIGHER_IS_BETTER = {"accuracy": True, "mse": False, "return": True}
+"""The direction of each plain metric: ``True`` where a higher value is better. Every comparison, ranking
+and check reads it (through :func:`higher_is_better`), so a new plain metric is added here and in
+:data:`PLAIN_METRICS` and nowhere else."""
+
+
 def base_metric(metric: str) -> str:
-    """The plain metric a metric name is measured in: ``"accuracy"`` (higher is better, a fraction) or ``"mse"``."""
-    return "accuracy" if "accuracy" in metric else "mse"
+    """The plain metric a metric name is measured in: ``"accuracy"`` (a fraction), ``"mse"`` or ``"return"``.
+
+    >>> base_metric("online_mse"), base_metric("accuracy_by_seen"), base_metric("return")
+    ('mse', 'accuracy', 'return')
+
+    Raises:
+        ValueError: ``metric`` is built on none of :data:`PLAIN_METRICS`.
+    """
+    for plain in PLAIN_METRICS:
+        if metric == plain or metric.endswith("_" + plain) or metric.startswith(plain + "_"):
+            return plain
+    raise ValueError(f"Received metric={metric!r}; expected one of {list(METRICS)} (or a name built on {list(PLAIN_METRICS)}).")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a higher value of ``metric`` (any name in :data:`METRICS`) is better: accuracy and return yes, MSE no.
+
+    >>> higher_is_better("accuracy"), higher_is_better("mse"), higher_is_better("return"), higher_is_better("online_mse")
+    (True, False, True, False)
+    """
+    return HIGHER_IS_BETTER[base_metric(metric)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +100,8 @@ class Evaluation:
         shots: support examples per class (regression: support points per task).
         queries: query examples per class (regression: query points per task).
         fingerprint: the evaluation episode set's fingerprint; results are paired only when equal.
-        metric: ``"accuracy"`` (fraction in [0, 1]) or ``"mse"``; for prequential evaluation one of
+        metric: ``"accuracy"`` (fraction in [0, 1]), ``"mse"`` or ``"return"`` (reinforcement learning:
+            the mean return of the evaluation rollouts); for prequential evaluation one of
             :data:`PREQUENTIAL_METRICS`.
         headline_steps: the inner-step count the leaderboard reports (the ``*_by_seen`` metrics:
             the support size S, every example seen).

@@ -77,7 +77,7 @@ def check(
             seed that agrees bit for bit counts once).
         store: results store path; default for ``runs`` is ``reports/results.sqlite``.
         tolerance: largest change that is not a regression or an improvement, in percentage
-            points of accuracy or percent of the baseline's mean MSE (>= 0).
+            points of accuracy, percent of the baseline's mean MSE, or units of return (>= 0).
         alpha: significance level of the one-sided tests, strictly between 0 and 0.5.
         equivalence: margin of the equivalence test (TOST), in the tolerance's unit; ``None``: no
             equivalence test.
