@@ -70,12 +70,23 @@ FIXED_TABLES = {
         "validation_split": "val",
         "validation_episodes": 200,
         "prequential": False,  # true: also the online (prequential) evaluation, support examples one at a time
+        # The drifting sinusoid stream (docs/configs.md#drifting-task-stream): "" off, else the online learner
+        "stream": "",  # "finetune": online fine-tuning of the trained weights; "ftml": Follow the Meta Leader
+        "stream_tasks": 500,  # T, tasks in the stream
+        "stream_shots": 5,  # K support points per task (what the learner adapts on before predicting)
+        "stream_queries": 10,  # Q query points per task (predicted, then their labels are revealed)
+        "stream_drift": 0.02,  # std of each task's amplitude and phase step, as a fraction of their range
+        "stream_jump_probability": 0.02,  # chance that a task jumps to a fresh amplitude and phase
+        "stream_updates": 5,  # per task: gradient steps (finetune) or meta-updates on the seen tasks (ftml)
+        "stream_update_lr": 0.01,  # finetune: the SGD step size (ftml meta-updates with Adam at train.meta_lr)
+        "stream_last": 0.2,  # the fraction of the stream's tasks that is its "last part"
+        "stream_retest": 50,  # the first N tasks, re-tested at the end (forgetting)
     },
     "engine": {"xla": False, "deterministic": False, "parallel_tasks": 1, "task_map": "auto"},
 }
 FIXED_CHOICES = {
     "train": {"rotations": ["none", "per_task", "classes"], "meta_lr_schedule": ["constant", "cosine"]},
-    "evaluation": {"rotations": ["", "none", "per_task", "classes"]},
+    "evaluation": {"rotations": ["", "none", "per_task", "classes"], "stream": ["", "finetune", "ftml"]},
     "engine": {"task_map": ["auto", "loop", "vectorized", "unrolled"]},
 }
 COMPONENT_TABLES: dict[str, Registry] = {"dataset": DATASETS, "model": MODELS, "algorithm": ALGORITHMS}
@@ -286,7 +297,6 @@ def _check_numbers(config: dict) -> None:
     positive = [
         ("train.shots", train["shots"]),
         ("train.queries", train["queries"]),
-        ("train.meta_iterations", train["meta_iterations"]),
         ("train.meta_batch_size", train["meta_batch_size"]),
         ("train.log_every", train["log_every"]),
         ("evaluation.episodes", evaluation["episodes"]),
@@ -298,6 +308,13 @@ def _check_numbers(config: dict) -> None:
     for key, value in (("train.ways", train["ways"]), ("evaluation.ways", evaluation["ways"]), ("evaluation.queries", evaluation["queries"])):
         if value < 0:
             raise ConfigError(f"Received {key}={value}; expected a positive integer (or 0 for the default).")
+    if train["meta_iterations"] < 0 or (train["meta_iterations"] == 0 and train["meta_lr_schedule"] == "cosine"):
+        raise ConfigError(
+            f"Received train.meta_iterations={train['meta_iterations']}; expected an integer >= 0 (0: no meta-training, "
+            "the initialisation is evaluated; not with train.meta_lr_schedule = \"cosine\", which decays over the iterations)."
+        )
+    if evaluation["stream"]:
+        _check_stream(evaluation)
     for key in ("checkpoint_every", "nan_retries"):
         if train[key] < 0:
             raise ConfigError(f"Received train.{key}={train[key]}; expected an integer >= 0 (0: off).")
@@ -325,6 +342,27 @@ def _check_numbers(config: dict) -> None:
         raise ConfigError(f"Received evaluation.headline_steps={headline}; it must be one of evaluation.inner_steps={steps}.")
 
 
+def _check_stream(evaluation: dict) -> None:
+    """The ``evaluation.stream_*`` options of a config with a stream learner."""
+    for key in ("stream_tasks", "stream_shots", "stream_queries", "stream_updates"):
+        if evaluation[key] < 1:
+            raise ConfigError(f"Received evaluation.{key}={evaluation[key]}; expected a positive integer.")
+    if evaluation["stream_tasks"] < 2:
+        raise ConfigError(f"Received evaluation.stream_tasks={evaluation['stream_tasks']}; a stream needs at least 2 tasks.")
+    for key in ("stream_drift", "stream_jump_probability"):
+        if not 0.0 <= evaluation[key] <= 1.0:
+            raise ConfigError(f"Received evaluation.{key}={evaluation[key]}; expected a number in [0, 1].")
+    if not 0.0 < evaluation["stream_last"] <= 1.0:
+        raise ConfigError(f"Received evaluation.stream_last={evaluation['stream_last']}; expected a fraction in (0, 1] of the stream's tasks.")
+    if not 1 <= evaluation["stream_retest"] <= evaluation["stream_tasks"]:
+        raise ConfigError(
+            f"Received evaluation.stream_retest={evaluation['stream_retest']}; expected 1 to evaluation.stream_tasks="
+            f"{evaluation['stream_tasks']} (the first tasks, re-tested at the end of the stream)."
+        )
+    if not evaluation["stream_update_lr"] > 0:
+        raise ConfigError(f"Received evaluation.stream_update_lr={evaluation['stream_update_lr']}; expected a positive step size.")
+
+
 #: Options added after configs were first hashed, with the value that means "as before": while an
 #: option holds it, it (and the keys that only matter when it is on) stays out of the hash, so
 #: adding the option changed no existing config's hash, stored result or saved baseline.
@@ -349,6 +387,10 @@ HASH_NEUTRAL = (
     (("dataset", "preprocess"), "lanczos_inverted", ()),
     # Prequential (online) evaluation (issue 18): off, a run evaluates as before.
     (("evaluation", "prequential"), False, ()),
+    # The drifting task stream (issue 18): off, a run evaluates as before and its stream options are not read.
+    (("evaluation", "stream"), "", tuple(("evaluation", key) for key in (
+        "stream_tasks", "stream_shots", "stream_queries", "stream_drift", "stream_jump_probability", "stream_updates",
+        "stream_update_lr", "stream_last", "stream_retest"))),
 )
 
 

@@ -139,6 +139,9 @@ ACTIVE_ONLY_WITH = {
     ("train", "nan_lr_factor"): (("train", "nan_retries"), 0),
     ("evaluation", "validation_split"): (("evaluation", "ensemble_top_k"), 0),
     ("evaluation", "validation_episodes"): (("evaluation", "ensemble_top_k"), 0),
+    **{("evaluation", key): (("evaluation", "stream"), "") for key in (
+        "stream_tasks", "stream_shots", "stream_queries", "stream_drift", "stream_jump_probability", "stream_updates",
+        "stream_update_lr", "stream_last", "stream_retest")},
 }
 
 

@@ -186,3 +186,20 @@ def empty_text(report: Report) -> str:
     if report.compared_at is not None and report.left_out:
         return f"No completed run recorded inner step {report.compared_at}; nothing to rank."
     return "No completed runs with evaluations in this store yet; nothing to rank."
+
+
+ONLINE_MEASURE_TITLES = {  # the online section's title of each online measure
+    "online_mse": "online MSE (prequential: each support point predicted before it is used)",
+    "online_accuracy": "online accuracy (prequential: each support example predicted before it is used)",
+    "stream_mse": "drifting stream, average MSE over the stream",
+    "stream_last_mse": "drifting stream, MSE over its last part",
+    "stream_retest_mse": "drifting stream, MSE of its first tasks re-tested at the end",
+    "stream_forgetting_mse": "drifting stream, forgetting (re-test minus arrival MSE of the first tasks)",
+}
+ONLINE_TEXT = (
+    "Online measures, ranked and paired as the leaderboard is (lower is better for every MSE, forgetting too). "
+    "Prequential: the online metric of a setting's episodes, every scored support example predicted before its "
+    "label is used. Drifting stream (split `stream`, one row per stream task): each task predicted after adapting "
+    "on its support points from the learner's weights of that moment, then learned from (docs/configs.md#drifting-task-stream)."
+)
+"""What the online-adaptation section of every format says first."""

@@ -13,6 +13,8 @@ import math
 import pandas as pd
 
 from metabench.harness.analysis.formatting import (
+    ONLINE_MEASURE_TITLES,
+    ONLINE_TEXT,
     CI_CONVENTION,
     PAIR_HEADERS,
     ROW_TEXT,
@@ -25,7 +27,8 @@ from metabench.harness.analysis.formatting import (
     significance_text,
     vs_best_text,
 )
-from metabench.harness.analysis.leaderboard import Report
+from metabench.harness.analysis.labels import setting_title
+from metabench.harness.analysis.leaderboard import Report, pairs_of
 
 __all__ = ["render_html"]
 
@@ -83,10 +86,12 @@ def render_html(report: Report, svgs: dict | None = None) -> str:
     settings = report.settings()
     if report.table.empty:
         body.append(f"<p><strong>{e(empty_text(report))}</strong></p>")
-        return _page(body)
+        return _page([*body, *_online_sections(report)])
     body.append("<nav><ul>")
     for n, (_, title, _) in enumerate(settings):
         body.append(f'<li><a href="#setting-{n}">{e(title)}</a></li>')
+    if len(report.online):
+        body.append('<li><a href="#online">Online adaptation</a></li>')
     body.append('<li><a href="#ranks">Average ranks across settings</a></li>')
     if any(isinstance(k, tuple) and k[0] == "curves" for k in svgs):
         body.append('<li><a href="#curves">Meta-training curves</a></li>')
@@ -119,6 +124,7 @@ def render_html(report: Report, svgs: dict | None = None) -> str:
                         "against the support examples seen; the legend gives each online metric (band: 95% CI over "
                         "episodes).</figcaption></figure>")  # fmt: skip
         body.append("</section>")
+    body.extend(_online_sections(report))
     body.append('<section id="ranks"><h2>Average ranks across settings</h2>')
     body.append(f"<p>{e(report.across_note)}</p>")
     across = report.across
@@ -223,3 +229,23 @@ def _page(body: list[str]) -> str:
 def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
+
+def _online_sections(report) -> list[str]:
+    """The online-adaptation section (``report.online``): each (setting, measure) ranked, with its pairs."""
+    if not len(report.online):
+        return []
+    e = _e
+    body = ['<section id="online"><h2>Online adaptation</h2>', f"<p>{e(ONLINE_TEXT.replace('`', ''))}</p>"]
+    for (measure, *key), rows in report.online.groupby(["measure", "dataset", "split", "ways", "shots", "queries"], dropna=False, sort=False):
+        key = tuple(None if pd.isna(k) else k for k in key)
+        body.append(f"<h3>{e(setting_title(*key))}: {e(ONLINE_MEASURE_TITLES.get(measure, measure))}</h3>")
+        body.append(_leaderboard_table(rows))
+        pairs = pairs_of(report.online_pairs[report.online_pairs["measure"] == measure], key)
+        if len(pairs):
+            body.append(f"<details><summary>Paired comparisons ({int(pairs['wilcoxon_p'].notna().sum())} tested pair(s))</summary>")
+            header = [h if h != "95% CI of A − B" else "95% CI" for h in PAIR_HEADERS]
+            body_rows = [("untested" if p["note"].startswith("not paired") else "", pair_cells(p, report.alpha)) for p in pairs.to_dict("records")]
+            body.append(_table(header, body_rows, numeric={3, 4, 5, 6, 7, 8}, nowrap={2}))
+            body.append("</details>")
+    body.append("</section>")
+    return body

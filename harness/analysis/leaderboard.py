@@ -50,7 +50,7 @@ from metabench.harness.analysis.stats import (
     paired_comparison,
     seed_summary,
 )
-from metabench.harness.results.records import ONLINE_METRICS, PREQUENTIAL_METRICS, SEEN_METRICS, base_metric
+from metabench.harness.results.records import ONLINE_METRICS, PREQUENTIAL_METRICS, SEEN_METRICS, STREAM_METRICS, base_metric
 from metabench.harness.results.store import ResultsStore
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,10 @@ class Report:
             evaluation's headline count.
         left_out: with ``compared_at``, one line per recipe left out for not recording that count.
         prequential: prequential results (:func:`prequential_table`), empty when the store has none.
+        online: the online-adaptation leaderboard (:func:`online_table`): one row per (setting, online
+            measure, recipe), ranked, with ``vs_best``; empty when the store has no online results.
+        online_pairs: its paired comparisons within each (setting, measure), columns
+            :data:`PAIRWISE_COLUMNS` plus ``measure``.
     """
 
     store_path: str
@@ -151,6 +155,8 @@ class Report:
     compared_at: int | None = None
     left_out: tuple = ()
     prequential: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=list(PREQUENTIAL_COLUMNS)))
+    online: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=[*LEADERBOARD_COLUMNS, "measure"]))
+    online_pairs: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=[*PAIRWISE_COLUMNS, "measure"]))
 
     def settings(self) -> list[tuple[tuple, str, pd.DataFrame]]:
         """``(setting key, title, leaderboard rows)`` for each setting, in order."""
@@ -184,6 +190,7 @@ def build_report(
     table, pairs, labels = _analyse(episodes, alpha, recipes)
     across, values, note = across_settings(table, alpha=alpha)
     counts = runs["status"].value_counts() if len(runs) else pd.Series(dtype=int)
+    online, online_pairs = online_table(store.episode_metrics(completed_only=True, metrics=ONLINE_MEASURES), alpha=alpha, recipes=recipes)
     return Report(
         store_path=source or str(store.path),
         generated=results_as_of(runs),
@@ -199,7 +206,47 @@ def build_report(
         compared_at=steps,
         left_out=tuple(left_out),
         prequential=prequential_table(store.episode_metrics(completed_only=True, metrics=PREQUENTIAL_METRICS), table),
+        online=online,
+        online_pairs=online_pairs,
     )
+
+
+ONLINE_MEASURES = ONLINE_METRICS + STREAM_METRICS
+"""The online measures the report ranks and pairs: the prequential online metric of each setting, and the
+drifting stream's average, last-part, re-test and forgetting MSE (:data:`~metabench.harness.results.records.STREAM_METRICS`)."""
+
+
+def online_table(episodes: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA, recipes: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The online-adaptation leaderboard: each measure of :data:`ONLINE_MEASURES` ranked as the leaderboard is.
+
+    For each measure and setting, one row per recipe at its headline inner steps, with the paired tests
+    of the leaderboard (per-episode values; for the stream, per stream task, so learners pair task by
+    task on one stream): Wilcoxon and t p-values Holm-adjusted over the pairs of that (setting, measure),
+    and ``vs_best`` against its best row. Lower is better for every MSE measure (forgetting too).
+
+    Args:
+        episodes: rows of :meth:`ResultsStore.episode_metrics` (``metrics=ONLINE_MEASURES``).
+        recipes: recipe views by hash (:func:`~metabench.harness.analysis.labels.recipe_views`), for the labels.
+
+    Returns:
+        ``(rows, pairs)``: columns :data:`LEADERBOARD_COLUMNS` and :data:`PAIRWISE_COLUMNS`, each plus
+        ``measure`` (the stored metric name, e.g. ``stream_last_mse``); ``metric`` holds its unit
+        (``accuracy`` or ``mse``).
+    """
+    tables, pairs = [pd.DataFrame(columns=[*LEADERBOARD_COLUMNS, "measure"])], [pd.DataFrame(columns=[*PAIRWISE_COLUMNS, "measure"])]
+    for measure in ONLINE_MEASURES:
+        part = episodes[episodes["metric"] == measure] if len(episodes) else episodes
+        if not len(part):
+            continue
+        table, pair_frame, _ = _analyse(part.assign(metric=base_metric(measure)), alpha, recipes or {})
+        tables.append(table.assign(measure=measure))
+        pairs.append(pair_frame.assign(measure=measure))
+    nonempty = [t for t in tables if len(t)] or tables[:1]
+    rows = pd.concat(nonempty, ignore_index=True)
+    pair_rows = pd.concat([p for p in pairs if len(p)] or pairs[:1], ignore_index=True)
+    for frame in (rows, pair_rows):
+        frame["ways"] = frame["ways"].astype("Int64")
+    return rows, pair_rows
 
 
 PREQUENTIAL_COLUMNS = (

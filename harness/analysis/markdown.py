@@ -11,6 +11,8 @@ from tabulate import tabulate
 from metabench.harness.analysis.formatting import (
     ACROSS_PAIR_HEADERS,
     CI_CONVENTION,
+    ONLINE_MEASURE_TITLES,
+    ONLINE_TEXT,
     PAIR_HEADERS,
     ROW_TEXT,
     across_pair_cells,
@@ -22,7 +24,11 @@ from metabench.harness.analysis.formatting import (
     significance_text,
     vs_best_text,
 )
+from metabench.harness.analysis.labels import setting_title
 from metabench.harness.analysis.leaderboard import Report, pairs_of
+
+_SETTING_COLUMNS = ["dataset", "split", "ways", "shots", "queries"]
+
 
 _MD_HEADERS = [
     "rank", "dataset", "ways", "shots", "queries", "label", "recipe", "metric", "mean", "ci95", "ci95 (t)",
@@ -78,7 +84,7 @@ def render_markdown(report: Report, figures: dict | None = None) -> str:
     parts.extend(f"{_md(line)}\n" for line in compared_at_lines(report))
     if report.table.empty:
         parts.append(f"\n{_md(empty_text(report))}\n")
-        return "\n".join(parts)
+        return "\n".join([*parts, *_online_parts(report)])
     for key, title, rows in report.settings():
         parts.append(f"\n## {_md(title)}\n")
         cells = [_md_cells(row) for row in rows.to_dict("records")]
@@ -99,6 +105,7 @@ def render_markdown(report: Report, figures: dict | None = None) -> str:
             parts.append(f"\n![{_md_alt(title)}: metric vs inner steps]({figures[('steps', key)]})\n")
         if ("prequential", key) in figures:
             parts.append(f"\n![{_md_alt(title)}: prequential, query metric vs support examples seen]({figures[('prequential', key)]})\n")
+    parts.extend(_online_parts(report))
     parts.append("\n## Average ranks across settings\n")
     parts.append(_md(report.across_note) + "\n")
     across = report.across
@@ -128,6 +135,26 @@ def render_markdown(report: Report, figures: dict | None = None) -> str:
         for key in curve_keys:
             parts.append(f"![{_md_alt(str(key[1]))}: meta-training curves]({figures[key]})\n")
     return "\n".join(parts).rstrip("\n") + "\n"
+
+
+def _online_parts(report: Report) -> list[str]:
+    """The online-adaptation section: each (setting, measure) of ``report.online`` ranked, with its paired comparisons."""
+    if report.online is None or not len(report.online):
+        return []
+    parts = ["\n## Online adaptation\n", ONLINE_TEXT + "\n"]
+    online, pairs = report.online, report.online_pairs
+    for (measure, *key), rows in online.groupby(["measure", *_SETTING_COLUMNS], dropna=False, sort=False):
+        key = tuple(None if pd.isna(k) else k for k in key)
+        parts.append(f"\n### {_md(setting_title(*key))}: {_md(ONLINE_MEASURE_TITLES.get(measure, measure))}\n")
+        parts.append(tabulate([_md_cells(row) for row in rows.to_dict("records")], headers=_MD_HEADERS, tablefmt="github", disable_numparse=True))
+        mine = pairs_of(pairs[pairs["measure"] == measure], key)
+        if len(mine):
+            tested = int(np.isfinite(mine["wilcoxon_p"].to_numpy(dtype=float)).sum())
+            parts.append(f"\nPaired comparisons ({tested} tested pair(s); A − B, episodes or stream tasks paired; "
+                         "p-values two-sided, Holm-adjusted in parentheses):\n")
+            pair_rows = [[_md(c) for c in pair_cells(p, report.alpha)] for p in mine.to_dict("records")]
+            parts.append(tabulate(pair_rows, headers=PAIR_HEADERS, tablefmt="github", disable_numparse=True))
+    return parts
 
 
 def _md(text: object) -> str:

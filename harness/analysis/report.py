@@ -3,7 +3,8 @@
 :func:`write_report` writes ``leaderboard.md``, ``.csv``, ``.tex`` and ``.html`` (self-contained,
 figures inline), ``comparisons.csv``, ``across_settings.json`` and ``figures/*.svg|png``, and with
 ``reproduction=True`` ``reproduction.md``, and with prequential results ``prequential.csv`` and a
-``figures/prequential_<setting>`` figure per setting; :func:`write_leaderboard` writes only the markdown and
+``figures/prequential_<setting>`` figure per setting, with online results (prequential or the drifting
+stream) ``online.csv`` and ``online_comparisons.csv``; :func:`write_leaderboard` writes only the markdown and
 the CSV. What the tables hold is computed by :func:`metabench.harness.analysis.leaderboard.build_report`.
 """
 
@@ -112,6 +113,10 @@ def write_report(
         prequential_path = out_dir / "prequential.csv"
         report.prequential.to_csv(prequential_path, index=False)
         written.append(prequential_path)
+    if len(report.online):
+        for name, frame in (("online.csv", report.online), ("online_comparisons.csv", report.online_pairs)):
+            frame.to_csv(out_dir / name, index=False)
+            written.append(out_dir / name)
     if report.across is not None:
         json_path = out_dir / "across_settings.json"
         payload = {"settings": list(report.across_values.index), **report.across.as_dict(), "note": report.across_note}
@@ -131,7 +136,7 @@ _FIGURE_PATTERNS = (
 
 def _remove_stale_outputs(out_dir: Path) -> None:
     """Delete the figures and JSON an earlier report wrote, so none outlives the data it showed."""
-    stale = [out_dir / "across_settings.json", out_dir / "prequential.csv", *(p for pattern in _FIGURE_PATTERNS for p in (out_dir / "figures").glob(pattern))]
+    stale = [out_dir / "across_settings.json", out_dir / "prequential.csv", out_dir / "online.csv", out_dir / "online_comparisons.csv", *(p for pattern in _FIGURE_PATTERNS for p in (out_dir / "figures").glob(pattern))]
     for path in stale:
         if path.is_file():
             path.unlink()

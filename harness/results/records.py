@@ -18,7 +18,14 @@ SEEN_METRICS = ("accuracy_by_seen", "mse_by_seen")
 """Prequential evaluation: the query metric after adapting on the first n arrivals. Keyed by n, the
 examples seen (the store's ``inner_steps`` column holds n for these metrics), at the headline inner steps."""
 PREQUENTIAL_METRICS = ONLINE_METRICS + SEEN_METRICS
-METRICS = PLAIN_METRICS + PREQUENTIAL_METRICS
+STREAM_METRICS = ("stream_mse", "stream_last_mse", "stream_retest_mse", "stream_forgetting_mse")
+"""The drifting task stream (``evaluation.stream``), split ``"stream"``, one value per stream task, keyed by
+the inner steps of the prediction: ``stream_mse`` [T] each task's query MSE when it arrived (adapted on its
+support from the learner's weights of that moment, before its query labels were revealed);
+``stream_last_mse`` the same for the stream's last ``ceil(stream_last x T)`` tasks; ``stream_retest_mse`` [F]
+the first F tasks predicted again with the final weights; ``stream_forgetting_mse`` [F] retest minus arrival
+MSE of those tasks (positive: forgotten)."""
+METRICS = PLAIN_METRICS + PREQUENTIAL_METRICS + STREAM_METRICS
 """Every metric name an evaluation can record."""
 
 

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from metabench.harness.config import config_hash
 from metabench.harness.data.prefetch import Prefetcher
+from metabench.harness.data.stream import stream_of
 from metabench.harness.errors import MetabenchError
 from metabench.harness.results.records import CurvePoint, Evaluation
 from metabench.harness.run import checkpoint as ckpt
@@ -33,6 +34,7 @@ from metabench.harness.run.ensemble import evaluate_top_k
 from metabench.harness.run.prepare import Prepared
 from metabench.harness.run.prequential import evaluate_prequential
 from metabench.harness.run.session import Session
+from metabench.harness.run.stream import evaluate_stream
 
 logger = logging.getLogger(__name__)
 
@@ -274,14 +276,19 @@ class StopSignals:
 def evaluate(session: Session, prepared: Prepared, config: dict) -> list[Evaluation]:
     """Per-episode metrics of every evaluation set at every recorded inner-step count; with
     ``evaluation.prequential``, then the two prequential evaluations of each set
-    (:mod:`metabench.harness.run.prequential`)."""
+    (:mod:`metabench.harness.run.prequential`); with ``evaluation.stream``, then the four per-task
+    results of the drifting task stream (:mod:`metabench.harness.run.stream`)."""
     evaluations = [_evaluate(session.evaluator, eval_set, prepared, config, session.algorithm) for eval_set in prepared.eval_sets]
     prequential, sets = [], prepared.prequential_sets
     if config["evaluation"]["prequential"] and not sets:  # a Prepared built by hand (the conformance suite's)
         sets = [eval_set.with_arrivals() for eval_set in prepared.eval_sets]
     for plain, eval_set in zip(evaluations, sets):
         prequential += evaluate_prequential(session, eval_set, prepared, config, plain.notes)
-    return evaluations + prequential
+    stream = []
+    if config["evaluation"]["stream"]:
+        sequence = prepared.stream if prepared.stream is not None else stream_of(config, prepared.train_source)
+        stream = evaluate_stream(session, sequence, config, evaluations[0].notes if evaluations else {})
+    return evaluations + prequential + stream
 
 
 def _evaluate(evaluator, eval_set, prepared, config, algorithm) -> Evaluation:

@@ -8,6 +8,7 @@ import dataclasses
 from metabench.datasets.base import ClassificationDataset
 from metabench.harness.config import ConfigError
 from metabench.harness.data import episodes as ep
+from metabench.harness.data.stream import stream_of
 from metabench.harness.registry import DATASETS
 
 
@@ -26,6 +27,8 @@ class Prepared:
         validation_set: ``(EvaluationSet, ClassPool)`` the top-k ensemble ranks checkpoints on, or ``None``.
         prequential_sets: with ``evaluation.prequential``, each of ``eval_sets`` with its seeded arrival
             order (``EvaluationSet.with_arrivals``); else empty.
+        stream: with ``evaluation.stream``, the drifting task stream
+            (:func:`metabench.harness.data.stream.drifting_stream`); else ``None``.
     """
 
     train_source: object
@@ -37,6 +40,7 @@ class Prepared:
     output_dim: int = 1
     validation_set: object = None
     prequential_sets: list = dataclasses.field(default_factory=list)
+    stream: object = None
 
 
 def prepare(config: dict, data_dir=None, cache_dir=None) -> Prepared:
@@ -46,6 +50,8 @@ def prepare(config: dict, data_dir=None, cache_dir=None) -> Prepared:
         for eval_set in prepared.eval_sets:
             check_prequential_spec(eval_set)
         prepared = dataclasses.replace(prepared, prequential_sets=[s.with_arrivals() for s in prepared.eval_sets])
+    if config["evaluation"]["stream"]:
+        prepared = dataclasses.replace(prepared, stream=stream_of(config, prepared.train_source))
     return prepared
 
 

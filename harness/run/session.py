@@ -17,6 +17,7 @@ from metabench.harness.run import checkpoint as ckpt
 from metabench.harness.run.checkpoint import TrainingState
 from metabench.harness.run.prepare import Prepared
 from metabench.harness.run.scoring import scored_task_eval
+from metabench.harness.run.stream import check_learner
 
 
 @dataclasses.dataclass
@@ -59,6 +60,8 @@ def build(config: dict, prepared: Prepared, engine, algorithm=None) -> Session:
     outputs = algorithm.output_units(train_ways if prepared.kind == "classification" else prepared.output_dim, pooled)
     model = build_model(config, prepared.input_shape, outputs)
     algorithm.build(model, prepared.kind, engine)
+    if config["evaluation"]["stream"]:
+        check_learner(algorithm, config)
     optimizer, trainer = compile_meta_step(algorithm, config["train"], engine)
     variables, state_variables = algorithm.meta_variables(), algorithm.state_variables()
     max_steps = max(config["evaluation"]["inner_steps"])
