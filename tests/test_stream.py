@@ -265,3 +265,6 @@ def test_the_report_ranks_and_pairs_online_measures_task_by_task(store):
     from metabench.harness.analysis.html import render_html
 
     assert "Online adaptation</h2>" in render_html(report)
+    from metabench.harness.analysis.latex import render_tex
+
+    assert "drifting stream, average MSE over the stream" in render_tex(report)
