@@ -197,6 +197,19 @@ def test_ftml_is_refused_for_an_algorithm_that_does_not_meta_train_on_episodes()
         _maml_session(["algorithm.name=pretrain"])
 
 
+def test_a_learner_that_cannot_update_the_algorithms_variables_is_refused_before_the_run():
+    with pytest.raises(ConfigError, match=r"algorithm 'mamlpp' meta-learns other variables too"):
+        _maml_session(["algorithm.name=mamlpp", "evaluation.stream=finetune"])
+
+
+def test_no_meta_training_is_allowed_for_scratch_but_not_a_negative_count_or_a_cosine_schedule():
+    assert load_config("sinusoid_stream_scratch")["train"]["meta_iterations"] == 0
+    with pytest.raises(ConfigError, match=r"train.meta_iterations=-1; expected an integer >= 0"):
+        load_config("sinusoid_maml", ["train.meta_iterations=-1"])
+    with pytest.raises(ConfigError, match=r'not with train.meta_lr_schedule = "cosine"'):
+        load_config("sinusoid_mamlpp", ["train.meta_iterations=0"])
+
+
 # ---------------------------------------------------------------------- MAML initialisation beats scratch
 
 
