@@ -62,6 +62,8 @@ class PolicyGradientRL(Algorithm):
 
     name = ""
     task_kinds = ("regression",)
+    #: the environment it acts in: the conformance suite checks it in that environment's ``reinforcement`` setting
+    environment = "point_navigation"
     #: the policy sees the goal (the oracle)
     sees_goal = False
     #: what meta-training optimises, recorded as the "outer" note

@@ -6,7 +6,9 @@ batch of ``N`` trajectories of horizon ``H``:
 1. discounted returns-to-go ``G_t = sum_{s >= t} discount^(s - t) r_s`` (:func:`returns_to_go`);
 2. a linear baseline fitted to them by ridge regression on the features ``[o, o^2, t/100,
    (t/100)^2, (t/100)^3, 1]`` of the live steps (:func:`linear_baseline`, rllab's features and its
-   ``reg_coeff = 1e-5``);
+   ``reg_coeff = 1e-5``, applied to the features scaled to unit norm: rllab solves in float64, we
+   in float32, where a policy that stays near its goal makes ``o``, ``o^2`` and ``1`` collinear and
+   the unscaled system singular);
 3. advantages ``A = G - b``, standardised over the live steps (rllab's ``center_adv``; it makes the
    step size independent of the reward's scale);
 4. the surrogate ``L = -sum_live(log pi(a_t | o_t) A_t) / (live steps)``, whose gradient is the
@@ -51,14 +53,22 @@ def baseline_features(observations):
 
 def linear_baseline(observations, returns, live, reg=BASELINE_REG):
     """The ridge fit of ``returns [N, H]`` on the features of ``observations`` over the live steps,
-    evaluated at every step: ``[N, H]`` (no gradient flows through it)."""
+    evaluated at every step: ``[N, H]`` (no gradient flows through it).
+
+    The ridge ``reg`` acts on the features scaled to unit norm over the live steps (a feature that is
+    zero on every live step stays zero), so the system's condition number is at most about
+    ``features / reg`` whatever the policy does: float32 solves it (an unscaled ridge of 1e-5 beside
+    a Gram diagonal of ~2,000 does not once the trajectories crowd around the goal)."""
     x = ops.stop_gradient(baseline_features(observations))
     y = ops.stop_gradient(returns)
     m = ops.stop_gradient(live)[..., None]
     flat_x = ops.reshape(x * m, (-1, int(x.shape[-1])))
     flat_y = ops.reshape(y[..., None] * m, (-1, 1))
-    gram = ops.matmul(ops.transpose(flat_x), flat_x) + reg * ops.eye(int(x.shape[-1]))
-    coefficients = ops.solve(gram, ops.matmul(ops.transpose(flat_x), flat_y))  # [F, 1]
+    norms = ops.sqrt(ops.sum(ops.square(flat_x), axis=0))  # [F]
+    norms = ops.where(norms > 0, norms, ops.ones_like(norms))
+    scaled = flat_x / norms[None, :]
+    gram = ops.matmul(ops.transpose(scaled), scaled) + reg * ops.eye(int(x.shape[-1]))
+    coefficients = ops.solve(gram, ops.matmul(ops.transpose(scaled), flat_y)) / norms[:, None]  # [F, 1]
     return ops.squeeze(ops.matmul(x, coefficients), -1)
 
 

@@ -7,6 +7,7 @@ import pytest
 from keras import ops
 
 from metabench.algorithms.finetune import Baseline, BaselinePlusPlus, Pretrain
+from metabench.algorithms.maml_rl import MAMLRL, OracleRL, PretrainRL, RandomRL
 from metabench.algorithms.maml import MAML
 from metabench.algorithms.mamlpp import MAMLPlusPlus
 from metabench.algorithms.multitask import MultiTask
@@ -46,6 +47,16 @@ CASES = [
                                 kinds_run={k for n, k, _, _ in UNDER_TEST if n == name}, prefix=f"{name}-")  # fmt: skip
 ]
 
+#: policy-gradient algorithms, checked in the contract's reinforcement setting (point navigation shrunken
+#: to horizon 10; they name their environment, so algorithm_checks picks the setting); MAML-RL by default,
+#: the baselines with `pytest -m slow`. tests/test_point_navigation.py checks the estimator and rollouts by hand.
+REINFORCEMENT_LEARNING = {"maml_rl": MAMLRL, "random_rl": RandomRL, "pretrain_rl": PretrainRL, "oracle_rl": OracleRL}
+RL_CASES = [
+    pytest.param(check, id=f"{name}-{test_id}", marks=[] if name == "maml_rl" else [pytest.mark.slow])
+    for name, cls in REINFORCEMENT_LEARNING.items()
+    for test_id, check in algorithm_checks(lambda cls=cls: cls(inner_lr=0.1), eval_steps=3)
+]
+
 
 #: algorithms whose test file runs the contract with its own factories (and trains them once for its other tests)
 CONTRACT_IN_OWN_FILE = {"reptile": "test_reptile.py", "anil": "test_anil.py", "protonet": "test_protonet.py"}
@@ -58,15 +69,20 @@ def test_every_registered_algorithm_is_under_test():
     assert set(ALGORITHMS.names()) <= {name for name, _, _, _ in UNDER_TEST} | set(CONTRACT_IN_OWN_FILE) | set(REINFORCEMENT_LEARNING)
 
 
-#: policy-gradient algorithms: they need the point-navigation environment (goals in ``support_y``,
-#: rollouts scored by the harness), not the contract's toy supervised tasks; tests/test_point_navigation.py
-#: checks their estimator and rollouts by hand and runs maml_rl and random_rl end to end
-REINFORCEMENT_LEARNING = {"maml_rl", "pretrain_rl", "random_rl", "oracle_rl"}
-
-
 @pytest.mark.parametrize("check", CASES)
 def test_contract(check):
     check()
+
+
+@pytest.mark.parametrize("check", RL_CASES)
+def test_reinforcement_contract(check):
+    check()
+
+
+def test_reinforcement_setting_yields_the_checks_that_apply():
+    ids = [test_id for test_id, _ in algorithm_checks(lambda: MAMLRL(inner_lr=0.1), eval_steps=3)]
+    assert ids == ["reinforcement-learns", "reinforcement-deterministic", "reinforcement-no_query_label_leak",
+                   "reinforcement-query_order", "reinforcement-save_restore"]  # fmt: skip
 
 
 class PeekingMAML(MAML):

@@ -155,6 +155,23 @@ def test_returns_to_go_and_exact_linear_baseline():
     np.testing.assert_allclose(fitted, returns, atol=1e-2)
 
 
+def test_linear_baseline_fits_trajectories_crowded_at_the_goal():
+    """A policy that stays near its goal makes the features o, o^2 and 1 almost collinear (the oracle's
+    meta-training hit a singular float32 system at iteration 38): the scaled ridge still solves it, and
+    fits returns that depend on time alone."""
+    rng = np.random.default_rng(1)
+    goal = np.array([0.3, -0.2], np.float32)
+    obs = (goal + rng.normal(0.0, 1e-4, size=(20, 100, 2))).astype(np.float32)
+    t = np.arange(100, dtype=np.float32) / 100.0
+    returns = np.broadcast_to(-5.0 * (1.0 - t) + 2.0 * t**2, (20, 100)).astype(np.float32)
+    live = np.ones((20, 100), np.float32)
+    fitted = ops.convert_to_numpy(pg.linear_baseline(obs, returns, live))
+    assert np.all(np.isfinite(fitted))
+    np.testing.assert_allclose(fitted, returns, atol=0.05)
+    advantage = ops.convert_to_numpy(pg.advantages(obs, returns * 0.0 + 1.0, live, 0.99))
+    assert np.all(np.isfinite(advantage))
+
+
 @pytest.mark.parametrize("algorithm", ["maml_rl", "random_rl"])
 def test_shipped_config_runs_through_the_run_core(algorithm):
     """A shrunken shipped config (horizon 10) trains and evaluates through the run core: the harness

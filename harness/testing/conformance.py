@@ -6,7 +6,8 @@ algorithm. Each check trains on a tiny learnable task family with a fixed seed:
 
 - ``learns``: after meta-training, adaptation beats no adaptation and chance by stated margins
   (classification: 5-way accuracy at least 0.25 above chance and 0.15 above the unadapted
-  accuracy; regression: MSE at most 0.7 times the unadapted MSE). For an algorithm that does not
+  accuracy; regression: MSE at most 0.7 times the unadapted MSE; reinforcement: the return after
+  the policy-gradient steps at least 5% of its size above the unadapted return). For an algorithm that does not
   adapt by inner steps (``adapts_at_test = False``), "unadapted" is the same algorithm without
   meta-training, and the margin over it is 0.05.
 - ``deterministic``: two trainings with the same seed give bit-identical per-episode metrics.
@@ -23,6 +24,14 @@ algorithm. Each check trains on a tiny learnable task family with a fixed seed:
   algorithm was shown the episode with other labels it is the same (``harness.run.prequential``;
   an algorithm that memorises labels from one ``task_eval`` call to the next fails it). Untrained:
   it checks the protocol, not what training learned.
+
+Task kinds: ``classification`` (toy images) and ``regression`` (toy lines) for supervised algorithms,
+``reinforcement`` for an algorithm that acts in an environment (one that names it in an
+``environment`` attribute, as ``algorithms/maml_rl.py`` does with ``"point_navigation"``): a
+shrunken point-navigation family (horizon 10), scored by the harness with metric ``return``.
+``ways_at_evaluation`` and ``prequential_no_peeking`` do not apply to it (no classes; no labelled
+support examples arrive one at a time: adaptation rolls out its own trajectories), so they are not
+yielded for it.
 
 Every evaluation is scored by the harness (``harness.run.scoring``): ``task_eval`` gets no query
 labels and returns only the query predictions after each inner step. An algorithm that reads the
@@ -49,7 +58,7 @@ from metabench.harness.config import ConfigError, resolve_config
 from metabench.harness.data import episodes as ep
 from metabench.harness.engines import get_engine
 from metabench.harness.run.core import evaluate, train_and_evaluate
-from metabench.harness.run.prepare import Prepared
+from metabench.harness.run.prepare import Prepared, prepare
 from metabench.harness.run.prequential import peeking_evidence
 from metabench.harness.run.scoring import ContractError
 from metabench.harness.run.session import open_session
@@ -60,6 +69,11 @@ CLASSIFICATION_MARGIN_OVER_UNADAPTED = 0.15
 # so meta-training an algorithm without inner steps can add less on top of it.
 CLASSIFICATION_MARGIN_OVER_UNTRAINED = 0.05
 REGRESSION_RATIO = 0.7
+# Returns are negative (point navigation's rewards are minus distances): the adapted return must be
+# at least this fraction of the unadapted return's size above it.
+RETURN_GAIN = 0.05
+ENVIRONMENTS = ("point_navigation",)
+"""Environments the ``reinforcement`` setting can run."""
 
 
 def tiny_class_pool(name: str, classes: int = 20, images_per_class: int = 20, size: int = 8, seed: int = 0) -> ClassPool:
@@ -142,6 +156,27 @@ def regression_setting(iterations: int = 300, eval_steps: int = 5, pooled: bool 
     return CheckSetting("regression", resolve_config(raw), prepared)
 
 
+@functools.lru_cache(maxsize=None)
+def reinforcement_setting(iterations: int = 20, eval_steps: int = 3, environment: str = "point_navigation") -> CheckSetting:
+    """Point navigation shrunken to seconds: horizon 10, 8 trajectories per step, 20 fixed evaluation goals."""
+    if environment not in ENVIRONMENTS:
+        raise ConfigError(
+            f"Received environment={environment!r}; the contract's reinforcement setting runs {list(ENVIRONMENTS)}. "
+            "Check an algorithm of another environment with your own tests."
+        )
+    raw = {
+        "seed": 0,
+        "dataset": {"name": environment, "horizon": 10},
+        "model": {"name": "mlp", "hidden": [16]},
+        "algorithm": {"name": "maml_rl"},  # unused: the factory builds the algorithm
+        "train": {"shots": 8, "queries": 8, "meta_iterations": iterations, "meta_batch_size": 4, "log_every": iterations},
+        "evaluation": {"episodes": 20, "queries": 8, "inner_steps": [0, eval_steps], "batch_size": 20},
+        "engine": {"deterministic": True},
+    }
+    config = resolve_config(raw)
+    return CheckSetting("reinforcement", config, prepare(config))
+
+
 def _train(factory, setting: CheckSetting, seed: int | None = None, train: bool = True):
     config = dict(setting.config)
     if seed is not None:
@@ -200,6 +235,10 @@ def check_learns(factory, setting: CheckSetting) -> None:
             f"adapted accuracy {adapted:.3f} is not {CLASSIFICATION_MARGIN_OVER_CHANCE} above chance {chance:.3f}"
         )
         assert adapted >= unadapted + margin, f"adapted accuracy {adapted:.3f} is not {margin} above unadapted {unadapted:.3f}"
+    elif setting.kind == "reinforcement":
+        assert adapted - unadapted >= RETURN_GAIN * abs(unadapted), (
+            f"adapted return {adapted:.3f} is not {RETURN_GAIN:.0%} of its size above the unadapted return {unadapted:.3f}"
+        )
     else:
         assert adapted <= REGRESSION_RATIO * unadapted, f"adapted MSE {adapted:.3f} is not below {REGRESSION_RATIO} x unadapted {unadapted:.3f}"
 
@@ -313,21 +352,28 @@ CHECKS: tuple[tuple[str, Callable], ...] = (
 
 
 def algorithm_checks(
-    factory, *, kinds=None, eval_steps: int = 5, classification_iterations: int = 150, regression_iterations: int = 300
+    factory, *, kinds=None, eval_steps: int = 5, classification_iterations: int = 150, regression_iterations: int = 300,
+    reinforcement_iterations: int = 20,
 ) -> Iterator[tuple[str, Callable]]:
     """Yield ``(test id, check)`` for every check and every task kind the algorithm handles (or the
-    given ``kinds``); ``eval_steps`` is the adaptation length the checks evaluate."""
+    given ``kinds``); ``eval_steps`` is the adaptation length the checks evaluate. An algorithm with an
+    ``environment`` attribute is checked in the ``reinforcement`` setting of that environment."""
     probe = factory()
-    kinds = kinds or probe.task_kinds
+    environment = getattr(probe, "environment", None)
+    kinds = kinds or (("reinforcement",) if environment else probe.task_kinds)
     pooled = probe.training_data == "pooled"
     settings = []
     if "classification" in kinds:
         settings.append(("classification", lambda: classification_setting(iterations=classification_iterations, eval_steps=eval_steps, pooled=pooled)))
     if "regression" in kinds:
         settings.append(("regression", lambda: regression_setting(iterations=regression_iterations, eval_steps=eval_steps, pooled=pooled)))
+    if "reinforcement" in kinds:
+        settings.append(("reinforcement", lambda: reinforcement_setting(reinforcement_iterations, eval_steps, environment or "point_navigation")))
     for kind, make_setting in settings:
         for name, check in CHECKS:
             if name == "ways_at_evaluation" and kind != "classification":
+                continue
+            if name == "prequential_no_peeking" and kind == "reinforcement":
                 continue
             yield f"{kind}-{name}", (lambda check=check, make_setting=make_setting: check(factory, make_setting()))
 
