@@ -168,7 +168,7 @@ def _edit(payload, change):
         (lambda p: p.pop("config"), r"b.json has no 'config'; the file is incomplete"),
         (lambda p: p.update(runs=[]), r"'runs' is empty"),
         (lambda p: p["settings"][0].update(fingerprint="xyz"), r"settings\[0\].fingerprint is 'xyz'; expected 64 lowercase hex digits"),
-        (lambda p: p["settings"][0].update(metric="f1"), r"settings\[0\].metric is 'f1'; expected one of \['accuracy', 'mse'\]"),
+        (lambda p: p["settings"][0].update(metric="f1"), r"settings\[0\].metric is 'f1'; expected one of \['accuracy', 'mse', 'return'\]"),
         (lambda p: p["settings"][0]["values"].update({"1": [[0.5]]}), r"covers different numbers of episodes per inner-step count: \[1, 2\]"),
         (lambda p: p["settings"][0]["values"].update({"1": [[0.5, 1.0], [0.5, 1.0]]}), r"values\['1'\] has shape \(2, 2\); expected \[1 runs, episodes\]"),
         (lambda p: p["settings"][0]["values"].update({"x": [[0.5, 1.0]]}), r"values has key 'x'; keys are inner-step counts"),

@@ -308,3 +308,21 @@ def test_two_settings_say_not_computed_never_inf(tmp_path):
     payload = json.loads((out / "across_settings.json").read_text())
     assert payload["friedman_chi2"] is None and payload["iman_davenport_F"] is None
     assert payload["friedman_not_computed"].startswith(reason)
+
+
+def test_a_recipe_is_one_method_across_settings_whatever_its_label_in_each(tmp_path):
+    # In the 1-shot setting a second MAML recipe makes the first one's label name meta_iterations; in the
+    # 5-shot setting it is plain "maml". Ranked across settings, the first recipe is still one method.
+    rng = np.random.default_rng(3)
+    one, five = (lambda: _evaluation(rng.uniform(0.6, 0.9, 40))), (lambda: _evaluation(rng.uniform(0.7, 0.95, 40), shots=5, fingerprint=F2))
+    with ResultsStore(tmp_path / "r.sqlite") as opened:
+        for algorithm, iterations, evaluations in (("maml", 300, [one(), five()]), ("maml", 600, [one()]),
+                                                   ("baseline", 300, [one(), five()]), ("mamlpp", 300, [one(), five()])):
+            config = {"seed": 0, "algorithm": {"name": algorithm}, "train": {"meta_iterations": iterations}}
+            record_run(opened, evaluations, algorithm=algorithm, dataset="omniglot", config=config)
+        report = build_report(opened)
+    labels = set(report.table[report.table["algorithm"] == "maml"]["label"])
+    assert labels == {"maml (meta_iterations=300)", "maml (meta_iterations=600)", "maml"}
+    assert set(report.across_values.columns) == {"maml", "baseline", "mamlpp"}
+    assert len(report.across_values) == 2
+    assert "maml (meta_iterations=600)" in report.across_note  # on one setting only: left out

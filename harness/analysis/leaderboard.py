@@ -453,8 +453,9 @@ def across_settings(table: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA) -> tup
     """Rank the methods across settings on the largest complete table the leaderboard allows.
 
     Rows are episode sets (setting + fingerprint) with at least two methods with finite means;
-    columns are methods, i.e. leaderboard labels (a label names the same algorithm and the same
-    distinguishing recipe keys in every setting); cells are the leaderboard means (MSE rows ranked
+    columns are methods, i.e. recipes at their headline inner steps (one recipe scored in several
+    settings is one method, whatever keys its label needs to stand apart in each setting), named by
+    the shortest of their leaderboard labels; cells are the leaderboard means (MSE rows ranked
     lower-is-better). Demšar's tests need every method on every row, so methods are dropped one
     at a time (the one missing from most rows first) and the table with the most cells that has at
     least 2 rows and 2 methods is kept. What was left out is said in the note. With too few rows
@@ -467,10 +468,7 @@ def across_settings(table: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA) -> tup
     if finite.empty:
         return None, pd.DataFrame(), "No finite results yet; nothing to rank across settings."
     keys = [*_SETTING, "fingerprint", "metric"]
-    finite = finite.assign(
-        _row=[_set_label(r) for r in finite.to_dict("records")],
-        _method=[method_label(label, fingerprint) for label, fingerprint in zip(finite["label"], finite["fingerprint"])],
-    )
+    finite = finite.assign(_row=[_set_label(r) for r in finite.to_dict("records")], _method=_method_names(finite))
     several = finite.groupby(_SETTING, dropna=False)["fingerprint"].transform("nunique") > 1
     finite.loc[several, "_row"] = finite.loc[several, "_row"] + " [" + finite.loc[several, "fingerprint"].str[:8] + "]"
     finite = finite.drop_duplicates(subset=[*keys, "_method"], keep="first")
@@ -494,14 +492,35 @@ def across_settings(table: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA) -> tup
     left_rows = [r for r in values.index if r not in rows]
     note = (
         f"Ranks over {len(rows)} setting(s) x {len(methods)} method(s): the largest table in which every "
-        "method has a finite result on every setting. A method is a leaderboard label; rows with the "
-        "same label in different settings count as one method."
+        "method has a finite result on every setting. A method is a recipe (named by its shortest "
+        "leaderboard label); its rows in different settings count as one method."
     )
     if left_methods:
         note += " Methods left out (missing on some of these settings): " + ", ".join(left_methods) + "."
     if left_rows:
         note += " Settings left out (not every kept method ran there): " + "; ".join(left_rows) + "."
     return analysis, block, note
+
+
+def _method_names(rows: pd.DataFrame) -> list[str]:
+    """Each leaderboard row's method for the ranking across settings: its algorithm, recipe and headline steps,
+    named by the shortest label that identity has in any setting (``#recipe`` added where two
+    methods would share a name). Rows without a recipe hash are known by their label alone."""
+    labels = [method_label(label, fingerprint) for label, fingerprint in zip(rows["label"], rows["fingerprint"])]
+    identities = [
+        (str(recipe), algorithm, int(steps)) if isinstance(recipe, str) and recipe else ("", algorithm, label)
+        for recipe, algorithm, steps, label in zip(rows["recipe_hash"], rows["algorithm"], rows["inner_steps"], labels)
+    ]  # fmt: skip
+    shortest: dict = {}
+    for identity, label in zip(identities, labels):
+        if identity not in shortest or len(label) < len(shortest[identity]):
+            shortest[identity] = label
+    clashes = pd.Series(list(shortest.values())).value_counts()
+    names = {
+        identity: f"{name} #{identity[0][:8]}" if clashes[name] > 1 and identity[0] else name
+        for identity, name in shortest.items()
+    }  # fmt: skip
+    return [names[identity] for identity in identities]
 
 
 def _analyse(episodes: pd.DataFrame, alpha: float, recipes: dict, *, pairs: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
