@@ -502,21 +502,22 @@ def test_a_version_2_store_gets_recipe_hashes_and_input_covering_fingerprints(tm
          "algorithm": {"name": "maml", "inner_lr": 0.4}}
         for size, seed in ((28, 0), (14, 0), (28, 1))
     ]
+    run_ids = []  # the three runs start within one second, so the store's order among them is the run ids' random one
     with ResultsStore(path) as store:
         for config in configs:
             info = RunInfo("maml", "omniglot", config["seed"], config, f"hash{len(str(config))}", "tensorflow", "CPU", {})
-            run_id = store.start_run(info)
+            run_ids.append(store.start_run(info))
             evaluation = Evaluation("test", 5, 1, 15, "indices", "accuracy", 1, {1: np.array([0.5, 1.0])})
-            store.complete_run(run_id, [evaluation], _CURVE, {})
+            store.complete_run(run_ids[-1], [evaluation], _CURVE, {})
     with sqlite3.connect(path) as conn:  # what version 2 held
         conn.execute("ALTER TABLE runs DROP COLUMN recipe_hash")
         conn.execute("ALTER TABLE runs DROP COLUMN label")
         conn.execute("PRAGMA user_version = 2")
     with ResultsStore(path) as store:
-        runs = store.runs()
-        frame = store.episode_metrics()
+        runs = store.runs().set_index("run_id").loc[run_ids]
+        frame = store.episode_metrics().drop_duplicates("run_id").set_index("run_id").loc[run_ids]
     assert runs["recipe_hash"].tolist() == [recipe_hash(c) for c in configs]
     assert runs["recipe_hash"].iloc[0] == runs["recipe_hash"].iloc[2] != runs["recipe_hash"].iloc[1]
-    fingerprints = frame.drop_duplicates("run_id")["fingerprint"].tolist()
+    fingerprints = frame["fingerprint"].tolist()
     assert fingerprints == [compose_fingerprint("indices", input_description(c["dataset"], 1)) for c in configs]
     assert fingerprints[0] == fingerprints[2] != fingerprints[1] != "indices"
