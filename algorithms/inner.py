@@ -10,6 +10,18 @@ from __future__ import annotations
 from keras import ops
 
 
+def check_inner_loop(inner_lr, inner_steps, eval_inner_lr=0.0) -> None:
+    """Refuse a non-positive step size or fewer than one inner step, naming the value (a ``ValueError``).
+
+    ``eval_inner_lr`` may be 0 (evaluation uses ``inner_lr``)."""
+    if not inner_lr > 0:
+        raise ValueError(f"Received inner_lr={inner_lr}; expected a positive step size.")
+    if int(inner_steps) < 1:
+        raise ValueError(f"Received inner_steps={inner_steps}; expected at least 1.")
+    if eval_inner_lr and not eval_inner_lr > 0:
+        raise ValueError(f"Received eval_inner_lr={eval_inner_lr}; expected a positive step size, or 0 for inner_lr.")
+
+
 def sgd(learning_rate: float):
     """Plain gradient descent with one fixed step size (MAML)."""
 

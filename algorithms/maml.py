@@ -51,12 +51,7 @@ class MAML(Algorithm):
     def __init__(self, *, inner_lr=0.01, inner_steps=1, eval_inner_lr=0.0, first_order=False, batch_norm="transductive",
                  adapt_batch_norm=True):
         super().__init__()
-        if not inner_lr > 0:
-            raise ValueError(f"Received inner_lr={inner_lr}; expected a positive step size.")
-        if int(inner_steps) < 1:
-            raise ValueError(f"Received inner_steps={inner_steps}; expected at least 1.")
-        if eval_inner_lr and not eval_inner_lr > 0:
-            raise ValueError(f"Received eval_inner_lr={eval_inner_lr}; expected a positive step size, or 0 for inner_lr.")
+        inner.check_inner_loop(inner_lr, inner_steps, eval_inner_lr)
         if batch_norm not in BATCH_NORM_MODES:
             raise ValueError(f"Received batch_norm={batch_norm!r}; expected one of {list(BATCH_NORM_MODES)}.")
         self.inner_lr = inner_lr

@@ -33,6 +33,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from metabench.algorithms import inner
 from metabench.algorithms import policy_gradient as pg
 from metabench.algorithms.base import Algorithm, Objective
 from metabench.datasets import point_navigation as nav
@@ -71,12 +72,7 @@ class PolicyGradientRL(Algorithm):
 
     def __init__(self, *, inner_lr=0.1, inner_steps=1, eval_inner_lr=0.0, discount=0.99, baseline=True):
         super().__init__()
-        if not inner_lr > 0:
-            raise ValueError(f"Received inner_lr={inner_lr}; expected a positive step size.")
-        if int(inner_steps) < 1:
-            raise ValueError(f"Received inner_steps={inner_steps}; expected at least 1.")
-        if eval_inner_lr and not eval_inner_lr > 0:
-            raise ValueError(f"Received eval_inner_lr={eval_inner_lr}; expected a positive step size, or 0 for inner_lr.")
+        inner.check_inner_loop(inner_lr, inner_steps, eval_inner_lr)
         if not 0 < discount <= 1:
             raise ValueError(f"Received discount={discount}; expected a value in (0, 1].")
         self.inner_lr = inner_lr

@@ -89,10 +89,7 @@ class MAMLPlusPlus(Algorithm):
                 f"Received bn_final_query_set={bn_final_query_set!r}; expected one of {list(BN_FINAL_QUERY_SETS)} "
                 "('shared' is the reference code's indexing)."
             )
-        if not inner_lr > 0:
-            raise ValueError(f"Received inner_lr={inner_lr}; expected a positive step size.")
-        if int(inner_steps) < 1:
-            raise ValueError(f"Received inner_steps={inner_steps}; expected at least 1.")
+        inner.check_inner_loop(inner_lr, inner_steps)
         if int(iterations_per_epoch) < 1:
             raise ValueError(f"Received iterations_per_epoch={iterations_per_epoch}; expected a positive integer.")
         self.inner_lr = inner_lr

@@ -11,6 +11,7 @@ from metabench.algorithms.base import Algorithm
 INNER_OPTIMIZERS = ("sgd", "adam")
 TRAIN_ON = ("support", "support_and_query")
 EVALUATION = ("non_transductive", "transductive")
+ADAM_STATE = ("per_task", "carried")
 
 
 class Reptile(Algorithm):
@@ -37,9 +38,15 @@ class Reptile(Algorithm):
     of ``eval_batch_size``), predicting the queries after each. Batch norm uses batch statistics throughout (as the reference code); with
     ``evaluation="non_transductive"`` (the default) each query is normalised with the support set plus
     itself alone (the reference code's non-transductive mode), with ``"transductive"`` all queries of
-    an episode form one batch (the paper's "+ transduction" rows). Adam's moments start at zero for
-    every task; the reference code keeps one Adam state across tasks and iterations (with
-    ``beta1=0`` only the second moment carries over).
+    an episode form one batch (the paper's "+ transduction" rows).
+
+    Adam's state: ``adam_state="per_task"`` (the default) starts the moments and the step count at
+    zero in every task. ``"carried"`` does what the reference code's one ``tf.train.AdamOptimizer``
+    does: the moments and the step count are state variables that every task starts from and that a
+    meta-step replaces with their task-mean after the inner loop (the reference runs its tasks one
+    after another, each starting from the previous one's state; with ``beta2=0.999`` over the
+    meta-batch's few steps the two differ little), and evaluation starts every episode from the
+    trained state and leaves it unchanged (the reference restores it after each evaluation task).
 
     Shapes: ``support_x [S, ...]``, ``support_y [S]`` or ``[S, out]``; predictions ``[max_steps + 1, Q, out]``.
     """
@@ -48,15 +55,18 @@ class Reptile(Algorithm):
 
     def __init__(self, *, inner_lr=0.001, inner_steps=5, inner_optimizer="adam", adam_beta1=0.0, adam_beta2=0.999,
                  inner_batch_size=0, train_on="support", eval_inner_lr=0.0, eval_batch_size=0,
-                 evaluation="non_transductive", shuffle_seed=0):
+                 evaluation="non_transductive", adam_state="per_task", shuffle_seed=0):
         super().__init__()
         for option, value, allowed in (("inner_optimizer", inner_optimizer, INNER_OPTIMIZERS), ("train_on", train_on, TRAIN_ON),
-                                       ("evaluation", evaluation, EVALUATION)):
+                                       ("evaluation", evaluation, EVALUATION), ("adam_state", adam_state, ADAM_STATE)):
             if value not in allowed:
                 raise ValueError(f"Received {option}={value!r}; expected one of {list(allowed)}.")
         if not inner_lr > 0 or (eval_inner_lr and not eval_inner_lr > 0):
             raise ValueError(f"Received inner_lr={inner_lr}, eval_inner_lr={eval_inner_lr}; expected positive step sizes "
                              "(eval_inner_lr 0: inner_lr).")
+        if adam_state == "carried" and inner_optimizer != "adam":
+            raise ValueError(f"Received adam_state={adam_state!r} with inner_optimizer={inner_optimizer!r}; a carried state "
+                             "needs inner_optimizer='adam' (SGD has none).")
         if int(inner_steps) < 1 or int(inner_batch_size) < 0 or int(eval_batch_size) < 0:
             raise ValueError(f"Received inner_steps={inner_steps}, inner_batch_size={inner_batch_size}, eval_batch_size="
                              f"{eval_batch_size}; expected at least 1 step and batch sizes >= 0 (0: the whole set).")
@@ -64,11 +74,29 @@ class Reptile(Algorithm):
         self.adam_beta1, self.adam_beta2 = adam_beta1, adam_beta2
         self.inner_batch_size, self.train_on, self.eval_inner_lr = inner_batch_size, train_on, eval_inner_lr
         self.eval_batch_size, self.evaluation, self.shuffle_seed = eval_batch_size, evaluation, shuffle_seed
+        self.adam_state = adam_state
+        self._adam_variables = []
 
     def build(self, model, task_kind, engine):
         super().build(model, task_kind, engine)
         self._batch_norm = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+        if self.adam_state == "carried":
+            moments = [keras.Variable(ops.zeros_like(v.value), trainable=False, name=f"adam_{kind}_{v.name}")
+                       for kind in ("m", "v") for v in self.meta_variables()]
+            self._adam_variables = moments + [keras.Variable(0.0, trainable=False, name="adam_steps")]
         return self
+
+    def state_variables(self):
+        """``adam_state="carried"``: Adam's first moments, second moments (aligned with ``params``), then its step count."""
+        return self._adam_variables
+
+    def _start(self, params, state):
+        """The inner loop's initial carry ``(params, moments, steps taken)`` from the meta-parameters and the state."""
+        initial = [ops.stop_gradient(p) for p in params]
+        if self.adam_state == "carried":
+            n = len(initial)
+            return initial, [list(state[:n]), list(state[n : 2 * n])], state[2 * n]
+        return initial, self._rule(self.inner_lr)[0](initial), 0.0
 
     def _rule(self, lr):
         """``(init, update)``: ``init(params) -> moments``, ``update(params, grads, moments, step) -> (params, moments)``."""
@@ -84,8 +112,9 @@ class Reptile(Algorithm):
         return ops.reshape(heads.epoch_orders(-(-steps * batch_size // size), size, self.shuffle_seed), (-1,))
 
     def _step(self, carry, step, x, y, update, batch_size, order):
-        """One inner step on ``x [n, ...]``, ``y``: the minibatch of ``step`` when ``order`` is given."""
-        params, moments = carry
+        """One inner step on ``x [n, ...]``, ``y``: the minibatch of ``step`` when ``order`` is given;
+        Adam's bias correction counts ``taken + step`` earlier steps."""
+        params, moments, taken = carry
         if order is not None:
             picked = ops.take(order, step * batch_size + ops.arange(batch_size))
             x, y = ops.take(x, picked, axis=0), ops.take(y, picked, axis=0)
@@ -94,7 +123,7 @@ class Reptile(Algorithm):
             return self.objective.loss(self.apply(weights, x), y), ()
 
         (_, _), grads = self.engine.value_and_grad(loss)(list(params))
-        return update(list(params), grads, moments, step)
+        return (*update(list(params), grads, moments, ops.cast(step, "float32") + taken), taken)
 
     def _predict(self, params, support_x, query_x):
         """Query predictions ``[Q, out]``; non-transductive: each query batch-normalised with the support set alone."""
@@ -108,12 +137,13 @@ class Reptile(Algorithm):
             x, y = ops.concatenate([x, task["query_x"]], axis=0), ops.concatenate([y, task["query_y"]], axis=0)
         steps, batch_size = int(self.inner_steps), int(self.inner_batch_size)
         order = self._order(int(x.shape[0]), batch_size, steps)
-        init, update = self._rule(self.inner_lr)
-        initial = [ops.stop_gradient(p) for p in params]
-        carry = (initial, init(initial))
+        update = self._rule(self.inner_lr)[1]
+        carry = self._start(params, state)
         for step in range(steps):
             carry = self._step(carry, step, x, y, update, batch_size, order)
         adapted = [ops.stop_gradient(p) for p in carry[0]]
+        if self.adam_state == "carried":
+            state = [*carry[1][0], *carry[1][1], carry[2] + float(steps)]
         predictions = self.apply(adapted, task["query_x"])
         loss = ops.stop_gradient(self.objective.loss(predictions, task["query_y"]))
         # d(surrogate)/d(theta) = theta - phi: the Reptile direction as a (pseudo-)gradient; its value adds exactly 0.
@@ -125,19 +155,19 @@ class Reptile(Algorithm):
         x, y = task["support_x"], task["support_y"]
         batch_size = int(self.eval_batch_size)
         order = self._order(int(x.shape[0]), batch_size, int(max_steps))
-        init, update = self._rule(self.eval_inner_lr or self.inner_lr)
-        initial = [ops.stop_gradient(p) for p in params]
+        update = self._rule(self.eval_inner_lr or self.inner_lr)[1]
         predictions = self.engine.trajectory(
             lambda carry, step: self._step(carry, step, x, y, update, batch_size, order),
             lambda carry: self._predict(carry[0], x, task["query_x"]),
-            (initial, init(initial)), max_steps,
+            self._start(params, state), max_steps,
         )
         return {"predictions": predictions}
 
     def notes(self):
         batches = f"minibatches of {self.eval_batch_size}" if self.eval_batch_size else "the whole support set"
         return {
-            "inner": f"{self.inner_optimizer} (lr {self.inner_lr}" + (f", beta1 {self.adam_beta1})" if self.inner_optimizer == "adam" else ")"),
+            "inner": f"{self.inner_optimizer} (lr {self.inner_lr}"
+            + (f", beta1 {self.adam_beta1}, state {self.adam_state.replace('_', ' ')})" if self.inner_optimizer == "adam" else ")"),
             "evaluation": f"fine-tuned on {batches}; "
             + ("non-transductive: each query batch-normalised with the support set alone" if self.evaluation == "non_transductive"
                else "transductive: the queries of an episode batch-normalised together"),

@@ -46,7 +46,8 @@ FIXED_TABLES = {
         "meta_iterations": 1000,
         "meta_batch_size": 32,
         "meta_lr": 0.001,
-        "meta_lr_schedule": "constant",  # or "cosine": cosine annealing to meta_lr_min over meta_iterations
+        "meta_optimizer": "adam",  # the outer optimizer: "adam", or "sgd" (plain steps: Reptile's interpolation)
+        "meta_lr_schedule": "constant",  # "cosine" / "linear": annealing to meta_lr_min over meta_iterations
         "meta_lr_min": 0.00001,
         "clip_meta_grad": 0.0,  # 0: no clipping; else clip each meta-gradient value to [-c, c]
         "log_every": 50,
@@ -85,7 +86,8 @@ FIXED_TABLES = {
     "engine": {"xla": False, "deterministic": False, "parallel_tasks": 1, "task_map": "auto"},
 }
 FIXED_CHOICES = {
-    "train": {"rotations": ["none", "per_task", "classes"], "meta_lr_schedule": ["constant", "cosine"]},
+    "train": {"rotations": ["none", "per_task", "classes"], "meta_optimizer": ["adam", "sgd"],
+              "meta_lr_schedule": ["constant", "cosine", "linear"]},
     "evaluation": {"rotations": ["", "none", "per_task", "classes"], "stream": ["", "finetune", "ftml"]},
     "engine": {"task_map": ["auto", "loop", "vectorized", "unrolled"]},
 }
@@ -308,10 +310,11 @@ def _check_numbers(config: dict) -> None:
     for key, value in (("train.ways", train["ways"]), ("evaluation.ways", evaluation["ways"]), ("evaluation.queries", evaluation["queries"])):
         if value < 0:
             raise ConfigError(f"Received {key}={value}; expected a positive integer (or 0 for the default).")
-    if train["meta_iterations"] < 0 or (train["meta_iterations"] == 0 and train["meta_lr_schedule"] == "cosine"):
+    if train["meta_iterations"] < 0 or (train["meta_iterations"] == 0 and train["meta_lr_schedule"] != "constant"):
         raise ConfigError(
             f"Received train.meta_iterations={train['meta_iterations']}; expected an integer >= 0 (0: no meta-training, "
-            "the initialisation is evaluated; not with train.meta_lr_schedule = \"cosine\", which decays over the iterations)."
+            f"the initialisation is evaluated; not with train.meta_lr_schedule = \"{train['meta_lr_schedule']}\", which "
+            "decays over the iterations)."
         )
     if evaluation["stream"]:
         _check_stream(evaluation)
@@ -325,6 +328,11 @@ def _check_numbers(config: dict) -> None:
         )
     if not train["meta_lr"] > 0:
         raise ConfigError(f"Received train.meta_lr={train['meta_lr']}; expected a positive learning rate.")
+    if train["meta_lr_schedule"] != "constant" and not 0 <= train["meta_lr_min"] <= train["meta_lr"]:
+        raise ConfigError(
+            f"Received train.meta_lr_min={train['meta_lr_min']} with train.meta_lr={train['meta_lr']}; the "
+            f"{train['meta_lr_schedule']} schedule anneals down to meta_lr_min, so it must lie in [0, meta_lr]."
+        )
     if any(s < 0 for s in evaluation["shots"]) or not evaluation["shots"]:
         raise ConfigError(f"Received evaluation.shots={evaluation['shots']}; expected positive integers (0: the training shots).")
     steps = evaluation["inner_steps"]
@@ -368,6 +376,7 @@ def _check_stream(evaluation: dict) -> None:
 #: adding the option changed no existing config's hash, stored result or saved baseline.
 HASH_NEUTRAL = (
     (("engine", "task_map"), "auto", ()),
+    (("train", "meta_optimizer"), "adam", ()),
     (("train", "nan_retries"), 0, (("train", "nan_lr_factor"),)),
     (("evaluation", "ensemble_top_k"), 0, (("evaluation", "validation_split"), ("evaluation", "validation_episodes"))),
     (("algorithm", "test_statistics"), "running", ()),
@@ -385,6 +394,8 @@ HASH_NEUTRAL = (
     (("algorithm", "weight_norm"), False, ()),
     (("algorithm", "pretrain_on"), "support_and_query", ()),
     (("dataset", "preprocess"), "lanczos_inverted", ()),
+    # Reptile as its reference code runs it (issue 16): one Adam state carried across tasks.
+    (("algorithm", "adam_state"), "per_task", ()),
     # Prequential (online) evaluation (issue 18): off, a run evaluates as before.
     (("evaluation", "prequential"), False, ()),
     # The drifting task stream (issue 18): off, a run evaluates as before and its stream options are not read.

@@ -69,6 +69,17 @@ def test_choices_are_listed():
         resolve_config(_sinusoid(train={"rotations": "sideways"}))
 
 
+def test_an_annealed_outer_step_needs_iterations_and_a_floor_below_its_start():
+    with pytest.raises(ConfigError, match=r"train\.meta_optimizer='nesterov'.*allowed values"):
+        resolve_config(_sinusoid(train={"meta_optimizer": "nesterov"}))
+    with pytest.raises(ConfigError, match=r"meta_lr_min=2\.0 with train\.meta_lr=1\.0; the linear schedule anneals down"):
+        resolve_config(_sinusoid(train={"meta_optimizer": "sgd", "meta_lr": 1.0, "meta_lr_schedule": "linear", "meta_lr_min": 2.0}))
+    with pytest.raises(ConfigError, match=r"meta_iterations=0.*not with train\.meta_lr_schedule = \"linear\""):
+        resolve_config(_sinusoid(train={"meta_iterations": 0, "meta_lr_schedule": "linear"}))
+    reptile = resolve_config(_sinusoid(train={"meta_optimizer": "sgd", "meta_lr": 1.0, "meta_lr_schedule": "linear", "meta_lr_min": 0.0}))
+    assert (reptile["train"]["meta_optimizer"], reptile["train"]["meta_lr_schedule"]) == ("sgd", "linear")
+
+
 @pytest.mark.parametrize("key", ["shots", "queries", "meta_batch_size"])
 def test_non_positive_counts_are_refused(key):
     with pytest.raises(ConfigError, match=rf"train\.{key}=0; expected a positive integer"):

@@ -145,8 +145,67 @@ def test_non_transductive_evaluation_normalises_each_query_with_the_support_set_
     assert not np.allclose(first, np.asarray(transductive.task_eval(params, [], others, 0)["predictions"])[0, 0], atol=1e-4)
 
 
+def _adam_by_hand(theta, task, reptile, first, second, taken, steps, lr, beta2=0.999, epsilon=1e-8):
+    """Adam (beta1 0) from the moments ``first``, ``second`` after ``taken`` steps: ``(phi, first, second)``."""
+    phi, first, second = [np.asarray(p) for p in theta], [np.asarray(m) for m in first], [np.asarray(v) for v in second]
+    for step in range(steps):
+        grads = [np.asarray(g) for g in _support_gradient(reptile, [ops.convert_to_tensor(p) for p in phi], task)]
+        t = taken + step + 1
+        first = grads
+        second = [beta2 * v + (1 - beta2) * g**2 for v, g in zip(second, grads)]
+        phi = [p - lr * np.sqrt(1 - beta2**t) * m / (np.sqrt(v) + epsilon) for p, m, v in zip(phi, first, second)]
+    return phi, first, second
+
+
+def test_a_carried_adam_state_starts_every_task_and_becomes_their_mean():
+    lr, steps, taken = 0.01, 2, 7.0
+    reptile = _reptile(mlp(1, 1, hidden=[8]), inner_optimizer="adam", inner_lr=lr, inner_steps=steps, adam_state="carried")
+    n = len(reptile.meta_variables())
+    assert len(reptile.state_variables()) == 2 * n + 1 and "state carried" in reptile.notes()["inner"]
+    rng = np.random.default_rng(5)
+    start_second = [rng.uniform(0.01, 0.1, size=v.shape).astype("float32") for v in reptile.meta_variables()]
+    for variable, value in zip(reptile.state_variables(), [np.zeros(v.shape, "float32") for v in reptile.meta_variables()]
+                               + start_second + [np.float32(taken)]):
+        variable.assign(value)
+    tasks = [_line_task(rng), _line_task(rng)]
+    theta = [np.asarray(v.value) for v in reptile.meta_variables()]
+    by_hand = [_adam_by_hand(theta, {k: ops.convert_to_tensor(v) for k, v in t.items()}, reptile,
+                             [np.zeros_like(p) for p in theta], start_second, taken, steps, lr) for t in tasks]
+    # Evaluation starts from the same state (and leaves it as it is).
+    predictions = np.asarray(reptile.task_eval([ops.convert_to_tensor(p) for p in theta], [v.value for v in reptile.state_variables()],
+                                               {k: v for k, v in tasks[0].items() if k != "query_y"}, steps)["predictions"])
+    expected = reptile.apply([ops.convert_to_tensor(p) for p in by_hand[0][0]], tasks[0]["query_x"])
+    np.testing.assert_allclose(predictions[-1], np.asarray(expected), rtol=1e-4, atol=1e-6)
+    step = reptile.engine.make_meta_trainer(reptile.task_loss, reptile.meta_variables(), keras.optimizers.SGD(1.0),
+                                            reptile.state_variables())
+    step({k: np.stack([t[k] for t in tasks]) for k in tasks[0]})
+    for variable, i in zip(reptile.meta_variables(), range(n)):  # SGD step 1: theta becomes the mean adapted weights
+        np.testing.assert_allclose(np.asarray(variable.value), np.mean([h[0][i] for h in by_hand], axis=0), rtol=1e-4, atol=1e-6)
+    state = [np.asarray(v.value) for v in reptile.state_variables()]
+    for i in range(n):
+        np.testing.assert_allclose(state[n + i], np.mean([h[2][i] for h in by_hand], axis=0), rtol=1e-5, atol=1e-9)
+    assert state[2 * n] == taken + steps
+    per_task = _reptile(mlp(1, 1, hidden=[8]), inner_optimizer="adam", inner_lr=lr, inner_steps=steps)
+    assert per_task.state_variables() == []  # the default: moments from zero in every task, nothing carried
+
+
+def test_the_reference_outer_step_is_sgd_annealed_linearly():
+    from metabench.harness.run.session import compile_meta_step
+
+    reptile = _reptile(mlp(1, 1, hidden=[8]), inner_optimizer="sgd", inner_lr=0.1, inner_steps=1)
+    train = {"meta_lr": 1.0, "meta_lr_schedule": "linear", "meta_lr_min": 0.0, "meta_iterations": 4,
+             "meta_optimizer": "sgd", "clip_meta_grad": 0.0}
+    optimizer, _ = compile_meta_step(reptile, train, reptile.engine)
+    assert isinstance(optimizer, keras.optimizers.SGD) and not isinstance(optimizer, keras.optimizers.Adam)
+    schedule = optimizer._learning_rate  # the schedule the optimizer evaluates at its iteration count
+    rates = [float(schedule(k)) for k in range(5)]
+    assert rates == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])  # the reference's frac_done interpolation
+
+
 def test_refuses_unknown_options():
+    with pytest.raises(ValueError, match="adam_state='carried' with inner_optimizer='sgd'"):
+        Reptile(inner_optimizer="sgd", adam_state="carried")
     for options in ({"inner_optimizer": "rmsprop"}, {"train_on": "query"}, {"evaluation": "batch"}, {"inner_lr": 0.0},
-                    {"inner_steps": 0}, {"inner_batch_size": -1}):
+                    {"inner_steps": 0}, {"inner_batch_size": -1}, {"adam_state": "shared"}):
         with pytest.raises(ValueError, match="Received"):
             Reptile(**options)

@@ -83,7 +83,7 @@ def build_model(config: dict, input_shape, outputs: int):
 
 
 def compile_meta_step(algorithm, train: dict, engine):
-    """The outer optimizer (Adam, with the ``[train]`` table's schedule and clipping) and the
+    """The outer optimizer (``train.meta_optimizer``: Adam or plain SGD, with the ``[train]`` table's schedule and clipping) and the
     engine's compiled meta-training step of a built ``algorithm``: ``(optimizer, trainer)``.
 
     The one place a meta-step is made: runs and ``metabench bench`` time and train the same step.
@@ -95,7 +95,12 @@ def compile_meta_step(algorithm, train: dict, engine):
         learning_rate = keras.optimizers.schedules.CosineDecay(
             train["meta_lr"], decay_steps=train["meta_iterations"], alpha=train["meta_lr_min"] / train["meta_lr"]
         )
-    optimizer = keras.optimizers.Adam(learning_rate, clipvalue=train["clip_meta_grad"] or None)
+    elif train["meta_lr_schedule"] == "linear":
+        learning_rate = keras.optimizers.schedules.PolynomialDecay(
+            train["meta_lr"], decay_steps=train["meta_iterations"], end_learning_rate=train["meta_lr_min"], power=1.0
+        )
+    optimizer_class = keras.optimizers.SGD if train["meta_optimizer"] == "sgd" else keras.optimizers.Adam
+    optimizer = optimizer_class(learning_rate, clipvalue=train["clip_meta_grad"] or None)
     trainer = engine.make_meta_trainer(algorithm.task_loss, algorithm.meta_variables(), optimizer, algorithm.state_variables())
     return optimizer, trainer
 
