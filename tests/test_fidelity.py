@@ -372,13 +372,19 @@ def test_reference_recipes_configure_the_reference_evaluation():
     assert maml["evaluation"]["ensemble_top_k"] == 1 and maml["train"]["queries"] == maml["evaluation"]["queries"] == 1
     for name in ("omniglot_5way1shot_mamlpp", "omniglot_5way1shot_maml"):
         assert config_hash(load_config(name)) != config_hash(load_config(f"{name}_reference"))
-    assert all(load_config(f"omniglot_5way1shot_{n}_reference")["label"] for n in ("maml", "mamlpp", "baseline", "baselinepp"))
+    assert all(load_config(f"omniglot_5way1shot_{n}_reference")["label"] for n in ("maml", "mamlpp", "baseline", "baselinepp", "reptile"))
+    reptile, shipped = load_config("omniglot_5way1shot_reptile_reference"), load_config("omniglot_5way1shot_reptile")
+    assert reptile["algorithm"]["adam_state"] == "carried" and shipped["algorithm"]["adam_state"] == "per_task"
+    assert (reptile["train"]["meta_optimizer"], reptile["train"]["meta_lr"], reptile["train"]["meta_lr_schedule"],
+            reptile["train"]["meta_lr_min"]) == ("sgd", 1.0, "linear", 0.0)  # --meta-step 1 --meta-step-final 0
+    # the same data and episodes as the shipped recipe, so that the two pair on one evaluation set
+    assert (reptile["dataset"], reptile["evaluation"]) == (shipped["dataset"], shipped["evaluation"])
 
 
 def test_reproduce_runs_the_shipped_and_the_reference_recipes():
     runs = plan("maml-omniglot-5way1shot").runs
     configs = [run.label.split(",")[0] for run in runs]
-    for name in ("maml", "baseline", "baselinepp", "mamlpp"):
+    for name in ("maml", "baseline", "baselinepp", "mamlpp", "reptile"):
         assert f"omniglot_5way1shot_{name}" in configs and f"omniglot_5way1shot_{name}_reference" in configs
     by_label = {run.label.split(",")[0]: run for run in runs}
     # the committed CPU budgets: MAML++ and its reference recipe at the same 1,000 iterations, MAML at 10,000

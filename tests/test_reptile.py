@@ -16,12 +16,14 @@ from helpers import contract_params
 # One factory per task kind, shared by the contract and the margin tests (the suite trains each once).
 CLASSIFICATION = lambda: Reptile(inner_optimizer="sgd", inner_lr=0.1, inner_steps=3)  # noqa: E731
 REGRESSION = lambda: Reptile(inner_optimizer="sgd", inner_lr=0.05, inner_steps=5)  # noqa: E731
+# The reference's Adam with its state carried across tasks: its state variables go through the whole contract too.
+CARRIED = lambda: Reptile(inner_optimizer="adam", inner_lr=0.02, inner_steps=5, adam_state="carried")  # noqa: E731
 CLASSIFICATION_ITERATIONS, REGRESSION_ITERATIONS, EVAL_STEPS = 50, 300, 5
 
 # The regression contract runs by default, the classification one with `pytest -m slow` (helpers.contract_params).
 CASES = [
     case
-    for factory, kind in ((CLASSIFICATION, "classification"), (REGRESSION, "regression"))
+    for factory, kind in ((CLASSIFICATION, "classification"), (REGRESSION, "regression"), (CARRIED, "regression"))
     for case in contract_params(conformance.algorithm_checks(
         factory, kinds=(kind,), eval_steps=EVAL_STEPS, classification_iterations=CLASSIFICATION_ITERATIONS,
         regression_iterations=REGRESSION_ITERATIONS,
