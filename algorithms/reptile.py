@@ -25,13 +25,11 @@ class Reptile(Algorithm):
     ``_mini_batches`` of ``openai/supervised-reptile``). The adapted weights are ``phi``.
 
     Outer step, as a pseudo-gradient: ``task_loss``'s gradient with respect to ``theta`` is exactly
-    ``theta - phi`` (its value is the query loss of ``phi``, reported, never differentiated). The
-    engine averages it over the meta-batch and hands it to the harness's outer optimizer as it does
-    MAML's meta-gradient, so plain SGD with step size ``epsilon`` gives Reptile's update ``theta +=
-    epsilon * mean(phi - theta)`` (``train.meta_lr`` is ``epsilon``; meta-batch 1 is serial Reptile),
-    and Adam applies Adam's rescaled step along it (a variant, not ``epsilon`` times the direction).
-    The harness's outer optimizer is Adam, so the paper's SGD with ``epsilon`` annealed linearly from
-    1 to 0 is approximated, not reproduced (configs use Adam with a cosine schedule).
+    ``theta - phi`` (its value, the query loss of ``phi``, is reported, never differentiated). The
+    engine averages it over the meta-batch and hands it to the outer optimizer, so
+    ``train.meta_optimizer = "sgd"`` with step ``epsilon`` (``train.meta_lr``; ``"linear"`` schedule:
+    the paper's 1 annealed to 0) is Reptile's ``theta += epsilon * mean(phi - theta)``, and Adam
+    takes its rescaled step along the same direction (a variant).
 
     Evaluation: from ``theta``, the same inner optimizer for up to ``max_steps`` steps of
     ``eval_inner_lr`` (``0.0``, the default, or ``None``: ``inner_lr``) on the support set (minibatches
@@ -40,13 +38,10 @@ class Reptile(Algorithm):
     itself alone (the reference code's non-transductive mode), with ``"transductive"`` all queries of
     an episode form one batch (the paper's "+ transduction" rows).
 
-    Adam's state: ``adam_state="per_task"`` (the default) starts the moments and the step count at
-    zero in every task. ``"carried"`` does what the reference code's one ``tf.train.AdamOptimizer``
-    does: the moments and the step count are state variables that every task starts from and that a
-    meta-step replaces with their task-mean after the inner loop (the reference runs its tasks one
-    after another, each starting from the previous one's state; with ``beta2=0.999`` over the
-    meta-batch's few steps the two differ little), and evaluation starts every episode from the
-    trained state and leaves it unchanged (the reference restores it after each evaluation task).
+    Adam's state: ``adam_state="per_task"`` starts the moments and step count at zero in every task;
+    ``"carried"`` (the reference code's one ``tf.train.AdamOptimizer``) keeps them in state
+    variables that every task starts from, that a meta-step replaces with their task-mean (the
+    reference runs its tasks one after another), and that evaluation starts from and leaves unchanged.
 
     Shapes: ``support_x [S, ...]``, ``support_y [S]`` or ``[S, out]``; predictions ``[max_steps + 1, Q, out]``.
     """
