@@ -334,3 +334,18 @@ def test_list_still_names_every_option(capsys):
     assert time.perf_counter() - started < 30
     for text in ("maml", "mamlpp", "inner_lr=0.01", "conv4", "sinusoid", "quickstart"):
         assert text in out, text
+
+
+def test_the_run_summary_names_a_checkpoint_ensemble_apart_from_the_last_checkpoint(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")  # rich's table width: one line per row
+    from metabench.harness.cli.run import _print_summary
+    from metabench.harness.run.lifecycle import RunSummary
+
+    base = {"split": "test", "ways": 5, "shots": 1, "queries": 1, "fingerprint": "4cf71d25d5a2" * 2, "metric": "accuracy",
+            "inner_steps": 5, "mean": 0.9607, "ci95": 0.0071, "by_inner_steps": {5: 0.9607}, "ensemble": ""}
+    ensemble = dict(base, mean=0.9603, by_inner_steps={5: 0.9603},
+                    ensemble="top-2 checkpoints by validation accuracy (iterations [1000, 500]), logits averaged")
+    _print_summary(RunSummary("run-1", "accuracy", 0.9607, 0.0071, 600, 5, [base, ensemble]))
+    rows = [line for line in capsys.readouterr().out.splitlines() if "4cf71d25d5a2" in line]
+    assert len(rows) == 2 and "ensemble" not in rows[0] and "96.07%" in rows[0]
+    assert "top-2 ensemble" in rows[1] and "96.03%" in rows[1]

@@ -116,6 +116,8 @@ def _print_summary(summary) -> None:
         metric = setting.get("metric", summary.metric)
         if metric != summary.metric:  # a prequential result: say which, and what its "steps" count
             name += f" {metric}" + (" (by examples seen)" if metric.endswith("_by_seen") else "")
+        if setting.get("ensemble"):  # a checkpoint ensemble, beside the last checkpoint's row of the same set
+            name += " " + setting["ensemble"].split(" checkpoints")[0] + " ensemble"
         percent = "accuracy" in metric  # a fraction shown in percent; MSE and return as they are
         for steps, value in setting["by_inner_steps"].items():
             shown = f"{100 * value:.2f}%" if percent else f"{value:.4f}"

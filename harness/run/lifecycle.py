@@ -173,6 +173,7 @@ def summarize(run_id: str, evaluations: list, episodes: int) -> RunSummary:
                 "mean": mean,
                 "ci95": half_width,
                 "by_inner_steps": {int(s): float(np.mean(v)) for s, v in evaluation.values.items()},
+                "ensemble": evaluation.notes.get("ensemble", ""),
             }
         )
     first = settings[0]
