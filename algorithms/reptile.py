@@ -56,15 +56,13 @@ class Reptile(Algorithm):
                                        ("evaluation", evaluation, EVALUATION), ("adam_state", adam_state, ADAM_STATE)):
             if value not in allowed:
                 raise ValueError(f"Received {option}={value!r}; expected one of {list(allowed)}.")
-        if not inner_lr > 0 or (eval_inner_lr and not eval_inner_lr > 0):
-            raise ValueError(f"Received inner_lr={inner_lr}, eval_inner_lr={eval_inner_lr}; expected positive step sizes "
-                             "(eval_inner_lr 0: inner_lr).")
+        inner.check_inner_loop(inner_lr, inner_steps, eval_inner_lr)
         if adam_state == "carried" and inner_optimizer != "adam":
             raise ValueError(f"Received adam_state={adam_state!r} with inner_optimizer={inner_optimizer!r}; a carried state "
                              "needs inner_optimizer='adam' (SGD has none).")
-        if int(inner_steps) < 1 or int(inner_batch_size) < 0 or int(eval_batch_size) < 0:
-            raise ValueError(f"Received inner_steps={inner_steps}, inner_batch_size={inner_batch_size}, eval_batch_size="
-                             f"{eval_batch_size}; expected at least 1 step and batch sizes >= 0 (0: the whole set).")
+        if int(inner_batch_size) < 0 or int(eval_batch_size) < 0:
+            raise ValueError(f"Received inner_batch_size={inner_batch_size}, eval_batch_size={eval_batch_size}; expected "
+                             "batch sizes >= 0 (0: the whole set).")
         self.inner_lr, self.inner_steps, self.inner_optimizer = inner_lr, inner_steps, inner_optimizer
         self.adam_beta1, self.adam_beta2 = adam_beta1, adam_beta2
         self.inner_batch_size, self.train_on, self.eval_inner_lr = inner_batch_size, train_on, eval_inner_lr
