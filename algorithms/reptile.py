@@ -12,6 +12,7 @@ INNER_OPTIMIZERS = ("sgd", "adam")
 TRAIN_ON = ("support", "support_and_query")
 EVALUATION = ("non_transductive", "transductive")
 ADAM_STATE = ("per_task", "carried")
+MINIBATCH_ORDER = ("fixed", "per_task")
 
 
 class Reptile(Algorithm):
@@ -22,7 +23,11 @@ class Reptile(Algorithm):
     ``inner_lr``, on the support set (``train_on="support_and_query"``: on support and query together),
     whole (``inner_batch_size=0``) or in minibatches of ``inner_batch_size`` examples drawn without
     replacement from reshuffled copies of the set, a batch running on into the next copy (the
-    ``_mini_batches`` of ``openai/supervised-reptile``). The adapted weights are ``phi``.
+    ``_mini_batches`` of ``openai/supervised-reptile``). The shuffles: ``minibatch_order="per_task"``
+    draws them afresh for every training task (from the task's ``task_seed`` and ``shuffle_seed``, as
+    the reference shuffles every task); ``"fixed"`` uses the permutations of ``shuffle_seed`` in every
+    task, so that over a class-sorted support set each step sees the same classes in every task (a
+    variant, kept for the results measured with it). The adapted weights are ``phi``.
 
     Outer step, as a pseudo-gradient: ``task_loss``'s gradient with respect to ``theta`` is exactly
     ``theta - phi`` (its value, the query loss of ``phi``, is reported, never differentiated). The
@@ -33,7 +38,7 @@ class Reptile(Algorithm):
 
     Evaluation: from ``theta``, the same inner optimizer for up to ``max_steps`` steps of
     ``eval_inner_lr`` (``0.0``, the default, or ``None``: ``inner_lr``) on the support set (minibatches
-    of ``eval_batch_size``), predicting the queries after each. Batch norm uses batch statistics throughout (as the reference code); with
+    of ``eval_batch_size``, in the permutations of ``shuffle_seed``), predicting the queries after each. Batch norm uses batch statistics throughout (as the reference code); with
     ``evaluation="non_transductive"`` (the default) each query is normalised with the support set plus
     itself alone (the reference code's non-transductive mode), with ``"transductive"`` all queries of
     an episode form one batch (the paper's "+ transduction" rows).
@@ -50,10 +55,11 @@ class Reptile(Algorithm):
 
     def __init__(self, *, inner_lr=0.001, inner_steps=5, inner_optimizer="adam", adam_beta1=0.0, adam_beta2=0.999,
                  inner_batch_size=0, train_on="support", eval_inner_lr=0.0, eval_batch_size=0,
-                 evaluation="non_transductive", adam_state="per_task", shuffle_seed=0):
+                 evaluation="non_transductive", adam_state="per_task", minibatch_order="fixed", shuffle_seed=0):
         super().__init__()
         for option, value, allowed in (("inner_optimizer", inner_optimizer, INNER_OPTIMIZERS), ("train_on", train_on, TRAIN_ON),
-                                       ("evaluation", evaluation, EVALUATION), ("adam_state", adam_state, ADAM_STATE)):
+                                       ("evaluation", evaluation, EVALUATION), ("adam_state", adam_state, ADAM_STATE),
+                                       ("minibatch_order", minibatch_order, MINIBATCH_ORDER)):
             if value not in allowed:
                 raise ValueError(f"Received {option}={value!r}; expected one of {list(allowed)}.")
         inner.check_inner_loop(inner_lr, inner_steps, eval_inner_lr)
@@ -67,7 +73,7 @@ class Reptile(Algorithm):
         self.adam_beta1, self.adam_beta2 = adam_beta1, adam_beta2
         self.inner_batch_size, self.train_on, self.eval_inner_lr = inner_batch_size, train_on, eval_inner_lr
         self.eval_batch_size, self.evaluation, self.shuffle_seed = eval_batch_size, evaluation, shuffle_seed
-        self.adam_state = adam_state
+        self.adam_state, self.minibatch_order = adam_state, minibatch_order
         self._adam_variables = []
 
     def build(self, model, task_kind, engine):
@@ -98,11 +104,15 @@ class Reptile(Algorithm):
         sgd = inner.sgd(lr)
         return (lambda params: []), (lambda params, grads, moments, step: (sgd(params, grads, step), moments))
 
-    def _order(self, size, batch_size, steps):
-        """Example indices ``[epochs * size]``: reshuffled copies of ``0..size-1`` (``None``: whole-set steps)."""
+    def _order(self, size, batch_size, steps, task_seed=None):
+        """Example indices ``[epochs * size]``: reshuffled copies of ``0..size-1`` (``None``: whole-set
+        steps), drawn from ``task_seed`` (an int32 scalar tensor) when given, else from ``shuffle_seed``."""
         if not batch_size or batch_size == size:
             return None
-        return ops.reshape(heads.epoch_orders(-(-steps * batch_size // size), size, self.shuffle_seed), (-1,))
+        epochs = -(-steps * batch_size // size)
+        if task_seed is None:
+            return ops.reshape(heads.epoch_orders(epochs, size, self.shuffle_seed), (-1,))
+        return ops.reshape(ops.argsort(self.engine.task_uniform((epochs, size), task_seed, self.shuffle_seed), axis=-1), (-1,))
 
     def _step(self, carry, step, x, y, update, batch_size, order):
         """One inner step on ``x [n, ...]``, ``y``: the minibatch of ``step`` when ``order`` is given;
@@ -129,7 +139,13 @@ class Reptile(Algorithm):
         if self.train_on == "support_and_query":
             x, y = ops.concatenate([x, task["query_x"]], axis=0), ops.concatenate([y, task["query_y"]], axis=0)
         steps, batch_size = int(self.inner_steps), int(self.inner_batch_size)
-        order = self._order(int(x.shape[0]), batch_size, steps)
+        task_seed = None
+        if self.minibatch_order == "per_task":
+            if "task_seed" not in task:
+                raise ValueError("minibatch_order='per_task' needs each training task's 'task_seed' (the harness's "
+                                 "training batches carry it); pass it, or use minibatch_order='fixed'.")
+            task_seed = task["task_seed"]
+        order = self._order(int(x.shape[0]), batch_size, steps, task_seed)
         update = self._rule(self.inner_lr)[1]
         carry = self._start(params, state)
         for step in range(steps):
@@ -160,7 +176,8 @@ class Reptile(Algorithm):
         batches = f"minibatches of {self.eval_batch_size}" if self.eval_batch_size else "the whole support set"
         return {
             "inner": f"{self.inner_optimizer} (lr {self.inner_lr}"
-            + (f", beta1 {self.adam_beta1}, state {self.adam_state.replace('_', ' ')})" if self.inner_optimizer == "adam" else ")"),
+            + (f", beta1 {self.adam_beta1}, state {self.adam_state.replace('_', ' ')})" if self.inner_optimizer == "adam" else ")")
+            + (f"; minibatches of {self.inner_batch_size}, order {self.minibatch_order.replace('_', ' ')}" if self.inner_batch_size else ""),
             "evaluation": f"fine-tuned on {batches}; "
             + ("non-transductive: each query batch-normalised with the support set alone" if self.evaluation == "non_transductive"
                else "transductive: the queries of an episode batch-normalised together"),

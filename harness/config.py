@@ -396,6 +396,7 @@ HASH_NEUTRAL = (
     (("dataset", "preprocess"), "lanczos_inverted", ()),
     # Reptile as its reference code runs it (issue 16): one Adam state carried across tasks.
     (("algorithm", "adam_state"), "per_task", ()),
+    (("algorithm", "minibatch_order"), "fixed", ()),
     # Prequential (online) evaluation (issue 18): off, a run evaluates as before.
     (("evaluation", "prequential"), False, ()),
     # The drifting task stream (issue 18): off, a run evaluates as before and its stream options are not read.

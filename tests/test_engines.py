@@ -200,3 +200,45 @@ def test_the_engine_base_class_declares_every_method_callers_use_with_a_docstrin
     assert not undeclared, f"engine attributes callers use but harness/engines/base.py does not declare: {undeclared}"
     undocumented = [name for name in uses if callable(getattr(Engine, name)) and not inspect.getdoc(getattr(Engine, name))]
     assert not undocumented, f"Engine methods without a docstring: {undocumented}"
+
+
+def _task_uniform_draws(backend: str) -> dict:
+    """``task_uniform`` eagerly and inside the engine's compiled task maps, for seeds [5, 5, 6]: JSON-able lists."""
+    from keras import ops
+
+    engine = get_engine(backend)
+    seeds = np.array([5, 5, 6], "int32")
+    draws = {"eager": [np.asarray(engine.task_uniform((2, 4), ops.convert_to_tensor(s))).tolist() for s in seeds],
+             "stream": np.asarray(engine.task_uniform((2, 4), ops.convert_to_tensor(seeds[0]), stream=1)).tolist()}
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        draw = lambda s: engine.task_uniform((2, 4), s)  # noqa: E731
+        draws["mapped"] = tf.function(lambda s: tf.map_fn(draw, s, fn_output_signature=tf.float32))(seeds).numpy().tolist()
+        draws["vectorized"] = tf.function(lambda s: tf.vectorized_map(draw, s))(seeds).numpy().tolist()
+    else:
+        import jax
+
+        draws["mapped"] = np.asarray(jax.jit(lambda s: engine.map_tasks(lambda t: engine.task_uniform((2, 4), t["seed"]), {"seed": s}))(seeds)).tolist()
+        draws["vectorized"] = np.asarray(jax.jit(jax.vmap(lambda s: engine.task_uniform((2, 4), s)))(seeds)).tolist()
+    return draws
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_task_uniform_is_a_pure_function_of_the_seed_inside_compiled_task_maps(backend):
+    # Reptile's per-task minibatch order: every task of a meta-batch draws its own, reproducibly.
+    if backend == "tensorflow":
+        draws = _task_uniform_draws("tensorflow")
+    else:
+        code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import test_engines; "
+                "print('RESULT ' + json.dumps(test_engines._task_uniform_draws('jax')))")
+        env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+        done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        draws = json.loads([line for line in done.stdout.splitlines() if line.startswith("RESULT ")][-1][len("RESULT "):])
+    eager = np.array(draws["eager"])
+    assert eager.shape == (3, 2, 4) and eager.min() >= 0.0 and eager.max() < 1.0
+    np.testing.assert_array_equal(eager[0], eager[1])  # one seed, one draw
+    assert not np.allclose(eager[0], eager[2]) and not np.allclose(eager[0], draws["stream"])  # another seed or stream, another draw
+    np.testing.assert_allclose(draws["mapped"], eager, atol=1e-7)
+    np.testing.assert_allclose(draws["vectorized"], eager, atol=1e-7)

@@ -129,3 +129,20 @@ def test_training_batches_depend_only_on_seed_and_iteration():
     c = ep.training_rng(3, 11).random(4)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_training_batches_carry_a_seed_per_task_from_seed_and_iteration_without_changing_their_examples():
+    from metabench.harness.data.training_data import Episodes
+
+    spec = ep.EpisodeSpec(3, 2, 1)
+    source = Episodes(_pool(), spec, tasks=4, rotations="none", seed=3)
+    batch, again, later = source.batch(10), source.batch(10), source.batch(11)
+    assert batch["task_seed"].dtype == np.int32 and batch["task_seed"].shape == (4,)
+    assert len(set(batch["task_seed"].tolist())) == 4  # each task its own seed
+    np.testing.assert_array_equal(batch["task_seed"], again["task_seed"])
+    assert not np.array_equal(batch["task_seed"], later["task_seed"])
+    # The examples are the ones the iteration's generator draws, as before the seeds were added.
+    episodes = ep.sample_classification_episodes(_pool(), spec, 4, ep.training_rng(3, 10), "none")
+    expected = ep.materialize_classification(_pool(), episodes)
+    for key in ("support_x", "support_y", "query_x", "query_y"):
+        np.testing.assert_array_equal(batch[key], expected[key])

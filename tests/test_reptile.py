@@ -16,8 +16,10 @@ from helpers import contract_params
 # One factory per task kind, shared by the contract and the margin tests (the suite trains each once).
 CLASSIFICATION = lambda: Reptile(inner_optimizer="sgd", inner_lr=0.1, inner_steps=3)  # noqa: E731
 REGRESSION = lambda: Reptile(inner_optimizer="sgd", inner_lr=0.05, inner_steps=5)  # noqa: E731
-# The reference's Adam with its state carried across tasks: its state variables go through the whole contract too.
-CARRIED = lambda: Reptile(inner_optimizer="adam", inner_lr=0.02, inner_steps=5, adam_state="carried")  # noqa: E731
+# The reference's Adam with its state carried across tasks and its minibatches in a fresh order per task: its state
+# variables and the training tasks' seeds go through the whole contract too.
+CARRIED = lambda: Reptile(inner_optimizer="adam", inner_lr=0.02, inner_steps=5, adam_state="carried",  # noqa: E731
+                          inner_batch_size=5, minibatch_order="per_task")
 CLASSIFICATION_ITERATIONS, REGRESSION_ITERATIONS, EVAL_STEPS = 50, 300, 5
 
 # The regression contract runs by default, the classification one with `pytest -m slow` (helpers.contract_params).
@@ -121,6 +123,33 @@ def test_minibatches_pass_over_reshuffled_copies_of_the_set():
     assert reptile._order(size=5, batch_size=5, steps=4) is None and reptile._order(size=5, batch_size=0, steps=4) is None
 
 
+def test_a_per_task_order_is_drawn_from_each_tasks_seed():
+    reptile = _reptile(mlp(1, 1, hidden=(4,)), inner_batch_size=10, minibatch_order="per_task", shuffle_seed=3)
+    seed = lambda value: ops.convert_to_tensor(np.int32(value))  # noqa: E731
+    orders = [np.asarray(reptile._order(size=50, batch_size=10, steps=5, task_seed=seed(s))) for s in (11, 11, 12)]
+    assert sorted(orders[0].tolist()) == list(range(50))  # five batches of 10: one pass over the set
+    np.testing.assert_array_equal(orders[0], orders[1])
+    assert not np.array_equal(orders[0], orders[2])  # another task, another order
+    fixed = np.asarray(reptile._order(size=50, batch_size=10, steps=5))
+    assert not np.array_equal(orders[0], fixed)
+
+
+def test_a_per_task_order_needs_the_training_tasks_seed_and_follows_it():
+    reptile = _reptile(mlp(1, 1, hidden=[8]), inner_optimizer="sgd", inner_lr=0.1, inner_steps=2, inner_batch_size=2,
+                       minibatch_order="per_task")
+    task = {k: ops.convert_to_tensor(v) for k, v in _line_task(np.random.default_rng(0)).items()}
+    params = [v.value for v in reptile.meta_variables()]
+    with pytest.raises(ValueError, match="minibatch_order='per_task' needs each training task's 'task_seed'"):
+        reptile.task_loss(params, [], task)
+
+    def direction(seed):  # theta - phi after two SGD steps on the minibatches of this seed's order
+        pseudo = reptile.engine.value_and_grad(reptile.task_loss)(params, [], {**task, "task_seed": ops.convert_to_tensor(np.int32(seed))})[1]
+        return np.concatenate([np.ravel(np.asarray(g)) for g in pseudo])
+
+    np.testing.assert_array_equal(direction(1), direction(1))
+    assert not np.allclose(direction(1), direction(2))
+
+
 def _image_task(rng, queries=6):
     return {
         "support_x": rng.random((5, 8, 8, 1)).astype("float32"), "support_y": np.arange(5, dtype="int32"),
@@ -208,6 +237,7 @@ def test_refuses_unknown_options():
     with pytest.raises(ValueError, match="adam_state='carried' with inner_optimizer='sgd'"):
         Reptile(inner_optimizer="sgd", adam_state="carried")
     for options in ({"inner_optimizer": "rmsprop"}, {"train_on": "query"}, {"evaluation": "batch"}, {"inner_lr": 0.0},
-                    {"inner_steps": 0}, {"inner_batch_size": -1}, {"adam_state": "shared"}):
+                    {"inner_steps": 0}, {"inner_batch_size": -1}, {"adam_state": "shared"},
+                    {"minibatch_order": "random"}):
         with pytest.raises(ValueError, match="Received"):
             Reptile(**options)

@@ -12,7 +12,10 @@ Algorithms say which kind they train on (``Algorithm.training_data``):
   their label order, or sinusoid amplitude and phase), with fresh examples each time, for
   multi-task learning with one head per task. Episode batch plus ``task_index [T]``.
 
-Every batch also carries ``iteration [T]`` (int32) for algorithms with schedules (MAML++).
+Every batch also carries ``iteration [T]`` (int32) for algorithms with schedules (MAML++), and
+``task_seed [T]`` (int32 in ``[0, 2**31)``): a seed for each task's own random choices inside the
+compiled step (Reptile's inner minibatch order), drawn from (seed, iteration) on a stream of its own,
+so adding it changed no batch's examples.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ def make_source(kind: str, train_source, spec: ep.EpisodeSpec, train: dict, seed
     return Episodes(train_source, spec, train["meta_batch_size"], train["rotations"], seed)
 
 
-def _with_iteration(batch: dict, iteration: int) -> dict:
+def _with_task_keys(batch: dict, seed: int, iteration: int) -> dict:
+    """``batch`` plus ``iteration [T]`` and ``task_seed [T]`` (see the module docstring)."""
     tasks = next(iter(batch.values())).shape[0]
     batch["iteration"] = np.full((tasks,), iteration, dtype=np.int32)
+    batch["task_seed"] = np.random.default_rng([seed, iteration, 1]).integers(0, 2**31 - 1, size=tasks, dtype=np.int32)
     return batch
 
 
@@ -55,9 +60,9 @@ class Episodes:
         rng = ep.training_rng(self.seed, iteration)
         if isinstance(self.source, ClassPool):
             episodes = ep.sample_classification_episodes(self.source, self.spec, self.tasks, rng, self.rotations)
-            return _with_iteration(ep.materialize_classification(self.source, episodes), iteration)
+            return _with_task_keys(ep.materialize_classification(self.source, episodes), self.seed, iteration)
         tasks = self.source.sample(rng, self.tasks, self.spec.shots, self.spec.queries)
-        return _with_iteration(ep.regression_batch(tasks), iteration)
+        return _with_task_keys(ep.regression_batch(tasks), self.seed, iteration)
 
 
 class PooledClasses:
@@ -86,7 +91,7 @@ class PooledClasses:
                 mask = turns == quarter
                 x[mask] = np.rot90(x[mask], k=quarter, axes=(1, 2))
             labels = 4 * classes + turns
-        return _with_iteration({"x": x[None], "y": labels[None].astype(np.int32)}, iteration)
+        return _with_task_keys({"x": x[None], "y": labels[None].astype(np.int32)}, self.seed, iteration)
 
 
 class FixedTasks:
@@ -124,4 +129,4 @@ class FixedTasks:
             k = self.spec.shots
             batch = {"support_x": x[:, :k], "support_y": y[:, :k], "query_x": x[:, k:], "query_y": y[:, k:]}
         batch["task_index"] = index.astype(np.int32)
-        return _with_iteration(batch, iteration)
+        return _with_task_keys(batch, self.seed, iteration)

@@ -104,6 +104,13 @@ class Engine(abc.ABC):
 
         return ops.fori_loop(0, int(steps), body, (init, buffer))[1]
 
+    def task_uniform(self, shape: tuple, seed, stream: int = 0):
+        """Uniform floats in ``[0, 1)`` of ``shape`` (float32), a pure function of ``seed`` (an int32
+        scalar tensor, e.g. a training task's ``task_seed``) and ``stream`` (a Python int that keeps two
+        uses of one seed apart). Traceable inside a compiled, task-mapped step, where Keras's own
+        stateless draws (``keras.random``, Python-int seeds only) cannot vary from task to task."""
+        raise EngineError(f"The {self.name or type(self).__name__} engine cannot draw per-task random numbers.")
+
     def describe_device(self) -> str:
         """The device the steps run on, as recorded with every run: ``"CPU"``, ``"GPU (1)"``, ..."""
         return "CPU"

@@ -88,6 +88,10 @@ class JaxEngine(Engine):
         """``jax.value_and_grad(fn, has_aux=True)``: nestable, so second-order MAML differentiates it again."""
         return jax.value_and_grad(fn, has_aux=True)
 
+    def task_uniform(self, shape, seed, stream=0):
+        key = jax.random.fold_in(jax.random.key(int(stream)), jnp.asarray(seed, jnp.int32))
+        return jax.random.uniform(key, tuple(int(n) for n in shape), dtype=jnp.float32)
+
     def map_tasks(self, fn, batch):
         """``fn(task)`` for every task of ``batch`` (leading axis), outputs stacked on a new leading axis.
 

@@ -73,6 +73,10 @@ class TensorFlowEngine(Engine):
 
         return value_and_grad_fn
 
+    def task_uniform(self, shape, seed, stream=0):
+        seed_pair = tf.stack([tf.cast(seed, tf.int32), tf.constant(int(stream), tf.int32)])
+        return tf.random.stateless_uniform(tuple(int(n) for n in shape), seed=seed_pair, dtype=tf.float32)
+
     def trajectory(self, update, observe, init, steps):
         """``Engine.trajectory`` with a ``tf.TensorArray``: a while loop that updates a buffer with
         ``slice_update`` copies all of it at every step (11x slower for 100 steps of ``[300, 20]``
