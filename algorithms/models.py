@@ -70,12 +70,14 @@ CONV_FORMS = {"native": keras.layers.Conv2D, "matmul": MatmulConv2D}
 
 #: ``conv4``'s ``activation`` option. ``"leaky_relu"`` has PyTorch's default slope 0.01 (what
 #: ``F.leaky_relu`` in the MAML++ reference code uses), not Keras's default 0.3.
-ACTIVATIONS = {"relu": lambda: keras.layers.ReLU(), "leaky_relu": lambda: keras.layers.LeakyReLU(negative_slope=0.01)}
+ACTIVATIONS = {"relu": lambda **kw: keras.layers.ReLU(**kw), "leaky_relu": lambda **kw: keras.layers.LeakyReLU(negative_slope=0.01, **kw)}
 
 #: ``conv4``'s ``features`` option: how the last block's map becomes the linear layer's input.
-FEATURES = {"flatten": lambda: keras.layers.Flatten(), "mean": lambda: keras.layers.GlobalAveragePooling2D()}
+FEATURES = {"flatten": lambda **kw: keras.layers.Flatten(**kw), "mean": lambda **kw: keras.layers.GlobalAveragePooling2D(**kw)}
 
 #: ``conv4``'s ``head_init`` option: the initializer of the linear layer's kernel (its bias starts at 0).
+#: conv4's ``dtype_policy`` values: Keras dtype policies (variables are float32 under both).
+DTYPE_POLICIES = ("float32", "mixed_bfloat16")
 HEAD_INITS = {"glorot_uniform": lambda: "glorot_uniform", "normal": lambda: keras.initializers.RandomNormal(stddev=1.0)}
 
 
@@ -93,6 +95,7 @@ def conv4(
     bn_scale: bool = True,
     features: str = "flatten",
     head_init: str = "glorot_uniform",
+    dtype_policy: str = "float32",
 ) -> keras.Model:
     """Four blocks of [3x3 conv, batch norm, ReLU] then flatten and a linear layer.
 
@@ -121,6 +124,11 @@ def conv4(
     same convolutions as patches times a matrix: faster under the JAX engine's ``vmap`` over tasks,
     where per-task weights would make native convolutions grouped ones).
 
+    ``dtype_policy``: ``"float32"``, or ``"mixed_bfloat16"`` (Keras's mixed precision: the blocks
+    compute in bfloat16 from float32 weights, batch norm takes its moments in float32, and the
+    features and the head are float32, so features, logits, losses and every gradient, meta-gradients
+    included, are float32).
+
     Call: ``x [batch, H, W, C] -> logits [batch, num_classes]``. For 28x28x1 inputs and stride 2 the
     flattened features are 2x2x64 = 256 (64 with ``features="mean"``); with max-pooling 1x1x64 = 64.
     """
@@ -134,17 +142,21 @@ def conv4(
         raise ValueError(f"Received features={features!r}; expected one of {sorted(FEATURES)}.")
     if head_init not in HEAD_INITS:
         raise ValueError(f"Received head_init={head_init!r}; expected one of {sorted(HEAD_INITS)}.")
+    if dtype_policy not in DTYPE_POLICIES:
+        raise ValueError(f"Received dtype_policy={dtype_policy!r}; expected one of {list(DTYPE_POLICIES)}.")
     inputs = keras.Input(tuple(input_shape))
     x = inputs
+    body = {"dtype": dtype_policy} if dtype_policy != "float32" else {}  # float32: Keras's global policy, as before
     for _ in range(4):
-        x = CONV_FORMS[conv](filters, 3, strides=2 if strided else 1, padding="same")(x)
+        x = CONV_FORMS[conv](filters, 3, strides=2 if strided else 1, padding="same", **body)(x)
         if batch_norm:
-            x = BatchNorm(momentum=bn_momentum, epsilon=bn_epsilon, scale=bn_scale)(x)
-        x = ACTIVATIONS[activation]()(x)
+            x = BatchNorm(momentum=bn_momentum, epsilon=bn_epsilon, scale=bn_scale, **body)(x)
+        x = ACTIVATIONS[activation](**body)(x)
         if not strided:
-            x = keras.layers.MaxPooling2D(2)(x)
-    x = FEATURES[features]()(x)
-    outputs = keras.layers.Dense(num_classes, kernel_initializer=HEAD_INITS[head_init]())(x)
+            x = keras.layers.MaxPooling2D(2, **body)(x)
+    full = {"dtype": "float32"} if body else {}  # features and head in float32: what an algorithm reads off the body
+    x = FEATURES[features](**full)(x)
+    outputs = keras.layers.Dense(num_classes, kernel_initializer=HEAD_INITS[head_init](), **full)(x)
     return keras.Model(inputs, outputs, name="conv4")
 
 

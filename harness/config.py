@@ -387,6 +387,8 @@ HASH_NEUTRAL = (
     (("model", "bn_scale"), True, ()),
     (("model", "features"), "flatten", ()),
     (("model", "head_init"), "glorot_uniform", ()),
+    # Mixed precision (issue 19): off, a model computes in float32 as before.
+    (("model", "dtype_policy"), "float32", ()),
     (("algorithm", "adapt_batch_norm"), True, ()),
     (("algorithm", "bn_final_query_set"), "own", ()),
     (("algorithm", "dampening"), 0.0, ()),

@@ -397,18 +397,21 @@ def _builtin_models(registry: Registry) -> None:
     )
     registry.register_target(
         "conv4", "metabench.algorithms.models:conv4",
-        {"conv": list(CONV_FORMS), "activation": list(ACTIVATIONS), "features": list(FEATURES), "head_init": list(HEAD_INITS)},
+        {"conv": list(CONV_FORMS), "activation": list(ACTIVATIONS), "features": list(FEATURES), "head_init": list(HEAD_INITS),
+         "dtype_policy": list(DTYPE_POLICIES)},
         "Four 3x3 conv blocks with batch norm and ReLU, then linear (MAML's Omniglot/miniImageNet network).",
     )
 
 
-#: conv4's ``conv``, ``activation``, ``features`` and ``head_init`` choices: the keys of
-#: ``metabench.algorithms.models.CONV_FORMS``, ``ACTIVATIONS``, ``FEATURES`` and ``HEAD_INITS``, named here
+#: conv4's ``conv``, ``activation``, ``features``, ``head_init`` and ``dtype_policy`` choices: the keys of
+#: ``metabench.algorithms.models.CONV_FORMS``, ``ACTIVATIONS``, ``FEATURES`` and ``HEAD_INITS``, and its
+#: ``DTYPE_POLICIES``, named here
 #: without importing Keras (tests/test_cli.py and tests/test_fidelity.py check they agree)
 CONV_FORMS = ("native", "matmul")
 ACTIVATIONS = ("relu", "leaky_relu")
 FEATURES = ("flatten", "mean")
 HEAD_INITS = ("glorot_uniform", "normal")
+DTYPE_POLICIES = ("float32", "mixed_bfloat16")
 
 # ----------------------------------------------------------------- models named as module:function
 

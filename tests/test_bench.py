@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from metabench.harness.run.bench import PEER_KEYS, BenchError, run_bench
@@ -48,6 +49,15 @@ def test_bench_runs_the_tensorflow_vectorized_task_map_and_first_order():
     result = run_bench("tensorflow", ways=2, shots=1, queries=1, meta_batch=2, iters=1, image_size=8, filters=2,
                        first_order=True, engine_options={"task_map": "vectorized"})
     assert result["impl"] == "metabench-maml-tensorflow-vectorized" and result["first_order"] is True
+
+
+def test_bench_runs_conv4_in_mixed_bfloat16():
+    result = run_bench("tensorflow", ways=2, shots=1, queries=1, meta_batch=2, iters=1, image_size=8, filters=2,
+                       dtype_policy="mixed_bfloat16")
+    assert result["impl"] == "metabench-maml-tensorflow-loop-bf16" and result["dtype_policy"] == "mixed_bfloat16"
+    assert np.isfinite(result["loss"])
+    with pytest.raises(BenchError, match=r"Received dtype_policy='float16'; expected 'float32' or 'mixed_bfloat16'"):
+        run_bench("tensorflow", dtype_policy="float16")
 
 
 def test_bench_refuses_a_bad_setting_by_name(capsys):

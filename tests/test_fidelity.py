@@ -65,6 +65,7 @@ def test_the_registry_names_conv4s_new_choices_as_models_defines_them():
 
     assert list(registry.FEATURES) == list(models.FEATURES) and list(registry.HEAD_INITS) == list(models.HEAD_INITS)
     assert list(registry.ACTIVATIONS) == list(models.ACTIVATIONS)
+    assert list(registry.DTYPE_POLICIES) == list(models.DTYPE_POLICIES)
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,9 @@ def register(commands) -> None:
     bench.add_argument("--conv", choices=["native", "matmul"], default="native",
                        help="conv4's convolutions: native, or patches times a matrix (model option conv = \"matmul\"; "
                             "faster under the JAX engine's vmap over tasks)")
+    bench.add_argument("--dtype-policy", choices=["float32", "mixed_bfloat16"], default="float32",
+                       help="conv4's dtype policy: float32, or bfloat16 compute with float32 weights, logits and "
+                            "gradients (model option dtype_policy)")
     bench.add_argument("--json", action="store_true", help="print one JSON line (the peer's keys and more)")
     bench.set_defaults(handler=_bench)
 
@@ -79,7 +82,7 @@ def _bench(args) -> int:
         backend,
         ways=args.ways, shots=args.shots, queries=args.queries, meta_batch=args.meta_batch,
         inner_steps=args.inner_steps, inner_lr=args.inner_lr, iters=args.iters, first_order=args.first_order,
-        image_size=args.image_size, filters=args.filters, conv=args.conv, host_data=args.host_data,
+        image_size=args.image_size, filters=args.filters, conv=args.conv, dtype_policy=args.dtype_policy, host_data=args.host_data,
         matmul_precision=args.precision, engine_options=options,
         data_dir=args.data_dir, cache_dir=args.cache_dir, prefetch=not args.no_prefetch,
     )

@@ -55,6 +55,7 @@ def run_bench(
     image_size: int = 28,
     filters: int = 64,
     conv: str = "native",
+    dtype_policy: str = "float32",
     host_data: bool = False,
     matmul_precision: str = "default",
     engine_options: dict | None = None,
@@ -75,6 +76,8 @@ def run_bench(
         image_size, filters: the input side (1 channel) and conv4's width; 28 and 64 are Omniglot's.
         conv: conv4's convolutions, ``"native"`` or ``"matmul"`` (patches times a matrix; see
             ``metabench.algorithms.models.MatmulConv2D``).
+        dtype_policy: conv4's ``"float32"`` or ``"mixed_bfloat16"`` (bfloat16 compute, float32 weights,
+            logits and gradients).
         host_data: hand the trainer NumPy arrays each iteration (the runner's path, host-to-device copy
             included) rather than backend tensors made once (the peer's path: its data stay on the device).
         matmul_precision: ``"default"`` (each backend's own: TF32 convolutions may be used on Ampere
@@ -94,12 +97,14 @@ def run_bench(
 
     Returns:
         A dict with ``PEER_KEYS`` and ``backend``, ``inner_lr``, ``first_order``, ``iters``,
-        ``image_size``, ``filters``, ``conv``, ``host_data``, ``matmul_precision``, ``engine_options``, ``loss``
+        ``image_size``, ``filters``, ``conv``, ``dtype_policy``, ``host_data``, ``matmul_precision``, ``engine_options``, ``loss``
         (the last meta-training loss), ``rss_before_mib`` (peak host RSS before the first step),
         ``peak_rss_mib`` (peak host RSS at the end) and ``device_peak_mib`` (peak device memory
         where the backend reports it, else None).
     """
     _bench_iv(ways, shots, queries, meta_batch, inner_steps, inner_lr, iters, image_size, filters, matmul_precision, conv)
+    if dtype_policy not in ("float32", "mixed_bfloat16"):
+        raise BenchError(f"Received dtype_policy={dtype_policy!r}; expected 'float32' or 'mixed_bfloat16'.")
     select_backend(backend)
     # Deferred until after select_backend: Keras reads its backend once, at import.
     import keras
@@ -111,7 +116,7 @@ def run_bench(
     engine = get_engine(backend, **engine_options)
     if matmul_precision == "highest":
         engine.set_matmul_precision("highest")
-    model = conv4((image_size, image_size, 1), ways, filters=filters, conv=conv)
+    model = conv4((image_size, image_size, 1), ways, filters=filters, conv=conv, dtype_policy=dtype_policy)
     set_numpy_weights(model, seed)
     maml = MAML(inner_lr=inner_lr, inner_steps=inner_steps, first_order=first_order).build(model, "classification", engine)
     _, trainer = compile_meta_step(maml, FIXED_TABLES["train"], engine)  # the step runs train, Adam 1e-3
@@ -151,6 +156,7 @@ def run_bench(
         }
     return {
         "impl": f"metabench-maml-{engine.name}-{engine.step_variant()}" + ("-matmul-conv" if conv == "matmul" else "")
+        + ("-bf16" if dtype_policy == "mixed_bfloat16" else "")
         + ("-omniglot" if data_dir else ""),
         "device": engine.describe_device(),
         "ways": ways,
@@ -168,6 +174,7 @@ def run_bench(
         "image_size": image_size,
         "filters": filters,
         "conv": conv,
+        "dtype_policy": dtype_policy,
         "host_data": bool(host_data or data_dir is not None),
         "matmul_precision": matmul_precision,
         "engine_options": engine_options,
