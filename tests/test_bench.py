@@ -29,7 +29,10 @@ def _check(result: dict, backend: str) -> None:
 
 def test_bench_json_on_tensorflow(capsys):
     assert main(["bench", "--backend", "tensorflow", *TINY]) == 0
-    _check(json.loads(capsys.readouterr().out.strip().splitlines()[-1]), "tensorflow")
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    _check(result, "tensorflow")
+    assert set(result["thread_pools"]) == {"intra_op", "inter_op"}  # the pools in effect, 0 meaning TensorFlow's own
+    assert all(isinstance(size, int) and size >= 0 for size in result["thread_pools"].values())
 
 
 @pytest.mark.slow  # 15 s (pytest -m slow)
@@ -42,6 +45,7 @@ def test_bench_json_on_jax():
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     _check(result, "jax")
+    assert result["thread_pools"] is None  # the JAX engine leaves XLA's threads alone
     assert result["conv"] == "matmul" and result["impl"] == "metabench-maml-jax-vectorized-matmul-conv"
 
 

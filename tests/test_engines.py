@@ -141,6 +141,18 @@ def test_thread_pool_sizes_are_checked_by_name():
     assert (engine.intra_op_threads, engine.inter_op_threads) == (0, 0)
 
 
+def test_thread_pools_are_chosen_from_the_core_count_unless_set():
+    from metabench.harness.engines.tensorflow import auto_threads
+
+    assert auto_threads(1, {}) == (1, 2) and auto_threads(2, {}) == (1, 2)  # one thread per op on small machines
+    assert auto_threads(3, {}) == (0, 0) and auto_threads(64, {}) == (0, 0)  # TensorFlow's own pools elsewhere
+    assert auto_threads(2, {"TF_NUM_INTRAOP_THREADS": "2"}) == (0, 0)  # TensorFlow reads its variables itself
+    assert auto_threads(2, {"TF_NUM_INTEROP_THREADS": "4"}) == (0, 0)
+    # Explicit values win over the automatic choice, one pool at a time (0: TensorFlow's default for the other).
+    engine = get_engine("tensorflow", intra_op_threads=1)
+    assert (engine.intra_op_threads, engine.inter_op_threads) == (1, 0)
+
+
 def test_trajectory_records_every_step_eager_compiled_and_vectorized():
     # The TensorFlow engine's TensorArray loop (heads.fit records 100 steps of predictions with it).
     import tensorflow as tf
@@ -242,3 +254,51 @@ def test_task_uniform_is_a_pure_function_of_the_seed_inside_compiled_task_maps(b
     assert not np.allclose(eager[0], eager[2]) and not np.allclose(eager[0], draws["stream"])  # another seed or stream, another draw
     np.testing.assert_allclose(draws["mapped"], eager, atol=1e-7)
     np.testing.assert_allclose(draws["vectorized"], eager, atol=1e-7)
+
+
+def test_the_task_loop_traces_a_task_once_and_averages_every_tasks_gradient():
+    # Least squares per task, w <- w - mean over tasks of each task's gradient (SGD, lr 1), by hand.
+    import keras
+    from keras import ops
+
+    engine = get_engine("tensorflow")
+    traces = {"task_loss": 0, "task_eval": 0}
+
+    def task_loss(params, state, task):
+        traces["task_loss"] += 1
+        residual = ops.sum(task["x"] * params[0], axis=-1) - task["y"]
+        return ops.mean(residual**2), ({"abs_error": ops.mean(ops.abs(residual))}, [])
+
+    def task_eval(params, state, task):
+        traces["task_eval"] += 1
+        return {"prediction": ops.sum(task["x"] * params[0], axis=-1)}
+
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.normal(size=(3, 4, 2)).astype("float32"), "y": rng.normal(size=(3, 4)).astype("float32")}
+    w = np.array([1.0, -2.0], "float32")
+    residual = batch["x"] @ w - batch["y"]  # [tasks 3, examples 4]
+    gradient = np.mean(2 / 4 * np.einsum("te,tek->tk", residual, batch["x"]), axis=0)
+
+    weights = keras.Variable(w)
+    logs = engine.make_meta_trainer(task_loss, [weights], keras.optimizers.SGD(1.0))(batch)
+    np.testing.assert_allclose(logs["loss"], np.mean(residual**2), rtol=1e-5)
+    np.testing.assert_allclose(logs["abs_error"], np.mean(np.abs(residual)), rtol=1e-5)
+    np.testing.assert_allclose(weights.numpy(), w - gradient, rtol=1e-5)
+    predictions = engine.make_evaluator(task_eval, [weights])(batch)["prediction"]
+    np.testing.assert_allclose(predictions, batch["x"] @ (w - gradient), rtol=1e-5)
+    # Once each: a task traced twice doubles the graph that is built and optimized before the first step.
+    assert traces == {"task_loss": 1, "task_eval": 1}
+
+
+def test_a_fresh_tensorflow_engine_on_one_core_runs_one_thread_per_op():
+    # In a process of its own: TensorFlow's pools can only be sized before its first op runs.
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "os.environ.pop('TF_NUM_INTRAOP_THREADS', None); os.environ.pop('TF_NUM_INTEROP_THREADS', None); "
+        "from metabench.harness.engines import get_engine; engine = get_engine('tensorflow'); "
+        "import tensorflow as tf; tf.constant(1.0) + 1.0; print(engine.thread_pools())"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "{'intra_op': 1, 'inter_op': 2}"

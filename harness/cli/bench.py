@@ -31,10 +31,12 @@ def register(commands) -> None:
                        help="TensorFlow: parallel_iterations of the task loop; JAX with --task-map loop or unrolled: tasks per chunk")
     bench.add_argument("--grad-of-mean", action="store_true",
                        help="JAX, vectorized: differentiate the task-mean loss once instead of averaging per-task gradients")
-    bench.add_argument("--intra-op-threads", type=int, default=0,
-                       help="TensorFlow: intra-op thread pool size (default 0: TensorFlow's own, one per core)")
-    bench.add_argument("--inter-op-threads", type=int, default=0,
-                       help="TensorFlow: inter-op thread pool size (default 0: TensorFlow's own)")
+    bench.add_argument("--intra-op-threads", type=int, default=None,
+                       help="TensorFlow: intra-op thread pool size (0: TensorFlow's own, one per core; default: "
+                            "chosen from the core count, 1 on a machine with at most 2 cores)")
+    bench.add_argument("--inter-op-threads", type=int, default=None,
+                       help="TensorFlow: inter-op thread pool size (0: TensorFlow's own; default: chosen from the "
+                            "core count, 2 on a machine with at most 2 cores)")
     bench.add_argument("--xla", action="store_true", help="TensorFlow: compile with XLA (JAX always does)")
     bench.add_argument("--host-data", action="store_true",
                        help="hand the trainer NumPy arrays every iteration (host-to-device copy included), as the runner does")
@@ -72,7 +74,7 @@ def _bench(args) -> int:
     only = {"grad_of_mean": ("jax", args.grad_of_mean), "intra_op_threads": ("tensorflow", args.intra_op_threads),
             "inter_op_threads": ("tensorflow", args.inter_op_threads)}
     for option, (engine, value) in only.items():
-        if not value:
+        if value is None or value is False:
             continue
         if backend != engine:
             flag = "--" + option.replace("_", "-")

@@ -130,6 +130,10 @@ class Engine(abc.ABC):
                 "its matmul precision; use 'default'."
             )
 
+    def thread_pools(self) -> dict | None:
+        """The host thread pools the backend runs with, where the engine sets them; else None (the default)."""
+        return None
+
     def device_memory_peak(self) -> int | None:
         """Peak bytes allocated on the device since start, where the backend reports it; else None (the default)."""
         return None

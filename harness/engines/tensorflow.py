@@ -13,6 +13,7 @@ slower than vmap for the PyTorch peer on an H200): ``task_map="vectorized"`` run
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -36,9 +37,11 @@ class TensorFlowEngine(Engine):
             the fast form on the CPU), ``"vectorized"`` (``tf.vectorized_map`` over the tasks, per-task
             gradients stacked and averaged: for GPUs) or ``"auto"`` (``loop``).
         intra_op_threads, inter_op_threads: TensorFlow's thread pools (0: TensorFlow's default, one
-            thread per core). Few-shot steps are many small ops, where one intra-op thread can beat
-            several (``docs/performance.md``). Only settable before TensorFlow runs its first op; later
-            a different value is logged and left alone.
+            thread per core; ``None``, the default: :func:`auto_threads`, 1 and 2 on a machine with at
+            most 2 cores, TensorFlow's default elsewhere). Few-shot steps are many small ops, where one
+            intra-op thread beats several on 2 cores (``docs/performance.md``). Only settable before
+            TensorFlow runs its first op; later an explicit value that differs is logged and left
+            alone, and the automatic choice is skipped silently.
     """
 
     name = "tensorflow"
@@ -47,14 +50,18 @@ class TensorFlowEngine(Engine):
     SUPPORTS_DETERMINISM = True
 
     def __init__(self, *, xla: bool = False, deterministic: bool = False, parallel_tasks: int = 1, task_map: str = "auto",
-                 intra_op_threads: int = 0, inter_op_threads: int = 0):
+                 intra_op_threads: int | None = None, inter_op_threads: int | None = None):
         if task_map not in TASK_MAPS:
             raise EngineError(f"Received task_map={task_map!r}; expected one of {list(TASK_MAPS)} for the tensorflow engine.")
         for name, value in (("intra_op_threads", intra_op_threads), ("inter_op_threads", inter_op_threads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise EngineError(f"Received {name}={value!r}; expected a non-negative integer (0: TensorFlow's default).")
-        self.intra_op_threads, self.inter_op_threads = intra_op_threads, inter_op_threads
-        _set_threads(intra_op_threads, inter_op_threads)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise EngineError(f"Received {name}={value!r}; expected a non-negative integer (0: TensorFlow's default) "
+                                  "or None (chosen from the core count).")
+        automatic = intra_op_threads is None and inter_op_threads is None
+        if automatic:
+            intra_op_threads, inter_op_threads = auto_threads(_usable_cpus(), os.environ)
+        self.intra_op_threads, self.inter_op_threads = intra_op_threads or 0, inter_op_threads or 0
+        _set_threads(self.intra_op_threads, self.inter_op_threads, quiet=automatic)
         self.xla = bool(xla)
         self.deterministic = bool(deterministic)
         self.parallel_tasks = int(parallel_tasks)
@@ -103,7 +110,7 @@ class TensorFlowEngine(Engine):
             state = [tf.convert_to_tensor(v.value) for v in state_variables]
             num_tasks = tf.shape(next(iter(batch.values())))[0]
 
-            def one_task(task):
+            def one_task(task, params=params, state=state):
                 (loss, (metrics, new_state)), grads = value_and_grad(params, state, task)
                 return loss, metrics, list(new_state), list(grads)
 
@@ -115,11 +122,14 @@ class TensorFlowEngine(Engine):
                 state_sums = [tf.reduce_sum(s, axis=0) for s in new_states]
                 grad_sums = [tf.reduce_sum(g, axis=0) for g in grads]
             else:
-                # The first task seeds the accumulators, so their structure comes from the loss itself.
-                loss_sum, metric_sums, state_sums, grad_sums = one_task({key: value[0] for key, value in batch.items()})
+                # The task is traced once, as a function the loop calls for every task; its outputs'
+                # shapes give the accumulators' zeros (seeding them with a peeled first task traced it
+                # twice: twice the graph to build and optimize before the first step).
+                traced = _trace_per_task(lambda p, s, task: one_task(task, p, s), params, state, batch)
+                zeros = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype), traced.structured_outputs)
 
                 def body(i, loss_sum, metric_sums, state_sums, grad_sums):
-                    loss, metrics, new_state, grads = one_task({key: value[i] for key, value in batch.items()})
+                    loss, metrics, new_state, grads = traced(params, state, {key: value[i] for key, value in batch.items()})
                     return (
                         i + 1,
                         loss_sum + loss,
@@ -131,7 +141,7 @@ class TensorFlowEngine(Engine):
                 _, loss_sum, metric_sums, state_sums, grad_sums = tf.while_loop(
                     lambda i, *_: i < num_tasks,
                     body,
-                    (tf.constant(1), loss_sum, metric_sums, state_sums, list(grad_sums)),
+                    (tf.constant(0), *zeros),
                     parallel_iterations=self.parallel_tasks,
                 )
             count = tf.cast(num_tasks, tf.float32)
@@ -158,12 +168,10 @@ class TensorFlowEngine(Engine):
             state = [tf.convert_to_tensor(v.value) for v in state_variables]
             if self.task_map == "vectorized":
                 return tf.vectorized_map(lambda task: task_eval(params, state, task), batch)
-            first = {key: value[0] for key, value in batch.items()}
-            # Traced only for the output structure; nothing consumes it, so the graph prunes it.
-            spec = task_eval(params, state, first)
-            signature = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in spec.items()}
+            traced = _trace_per_task(task_eval, params, state, batch)
+            signature = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in traced.structured_outputs.items()}
             return tf.map_fn(
-                lambda task: task_eval(params, state, task),
+                lambda task: traced(params, state, task),
                 batch,
                 fn_output_signature=signature,
                 parallel_iterations=self.parallel_tasks,
@@ -184,6 +192,11 @@ class TensorFlowEngine(Engine):
         gpus = tf.config.list_logical_devices("GPU")
         return f"GPU ({len(gpus)})" if gpus else "CPU"
 
+    def thread_pools(self) -> dict:
+        """The intra-op and inter-op pool sizes TensorFlow runs with (0: its default, one per core)."""
+        threading = tf.config.threading
+        return {"intra_op": threading.get_intra_op_parallelism_threads(), "inter_op": threading.get_inter_op_parallelism_threads()}
+
     def device_memory_peak(self) -> int | None:
         """Peak bytes allocated on the first GPU since start; None on the CPU (TensorFlow reports none there)."""
         if not tf.config.list_logical_devices("GPU"):
@@ -191,7 +204,30 @@ class TensorFlowEngine(Engine):
         return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
 
 
-def _set_threads(intra: int, inter: int) -> None:
+def _trace_per_task(fn, params, state, batch):
+    """``fn(params, state, task)`` traced once for one task of ``batch`` (a dict of ``[T, ...]``
+    tensors), as a concrete function whose ``structured_outputs`` give its outputs' shapes and dtypes."""
+    specs = [tf.TensorSpec.from_tensor(t) for t in params], [tf.TensorSpec.from_tensor(t) for t in state]
+    task_spec = {key: tf.TensorSpec(value.shape[1:], value.dtype) for key, value in batch.items()}
+    return tf.function(fn).get_concrete_function(*specs, task_spec)
+
+
+def auto_threads(cpus: int, environ) -> tuple[int, int]:
+    """The ``(intra_op, inter_op)`` pool sizes an engine takes by default on a machine with ``cpus``
+    usable cores: ``(1, 2)`` on at most 2 cores, where one thread per op was faster in every round
+    measured on the 2-core CI kind of machine (``docs/performance.md``); ``(0, 0)`` (TensorFlow's own,
+    one thread per core) on larger machines, or wherever ``TF_NUM_INTRAOP_THREADS`` or
+    ``TF_NUM_INTEROP_THREADS`` is set (TensorFlow reads those itself)."""
+    if "TF_NUM_INTRAOP_THREADS" in environ or "TF_NUM_INTEROP_THREADS" in environ or cpus > 2:
+        return 0, 0
+    return 1, 2
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _set_threads(intra: int, inter: int, *, quiet: bool = False) -> None:
     threading = tf.config.threading
     for name, value, get, set_ in (
         ("intra_op_threads", intra, threading.get_intra_op_parallelism_threads, threading.set_intra_op_parallelism_threads),
@@ -202,5 +238,8 @@ def _set_threads(intra: int, inter: int) -> None:
         try:
             set_(value)
         except RuntimeError:
+            if quiet:
+                logger.debug("%s=%d (chosen from the core count) not applied: TensorFlow is already running.", name, value)
+                continue
             logger.warning("%s=%d not applied: TensorFlow is already running with %d; set it before the first op runs "
                            "(or with TF_NUM_%s_THREADS).", name, value, get(), name.split("_")[0].upper() + "OP")
