@@ -31,8 +31,9 @@ def test_bench_json_on_tensorflow(capsys):
     assert main(["bench", "--backend", "tensorflow", *TINY]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     _check(result, "tensorflow")
-    assert set(result["thread_pools"]) == {"intra_op", "inter_op"}  # the pools in effect, 0 meaning TensorFlow's own
-    assert all(isinstance(size, int) and size >= 0 for size in result["thread_pools"].values())
+    assert set(result["parallelism"]) == {"intra_op", "inter_op", "tasks_in_flight"}  # pools of 0: TensorFlow's own
+    assert all(isinstance(size, int) and size >= 0 for size in result["parallelism"].values())
+    assert result["parallelism"]["tasks_in_flight"] >= result["engine_options"]["parallel_tasks"]
 
 
 @pytest.mark.slow  # 15 s (pytest -m slow)
@@ -45,7 +46,7 @@ def test_bench_json_on_jax():
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     _check(result, "jax")
-    assert result["thread_pools"] is None  # the JAX engine leaves XLA's threads alone
+    assert result["parallelism"] is None  # the JAX engine leaves XLA's threads alone
     assert result["conv"] == "matmul" and result["impl"] == "metabench-maml-jax-vectorized-matmul-conv"
 
 

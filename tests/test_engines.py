@@ -141,16 +141,45 @@ def test_thread_pool_sizes_are_checked_by_name():
     assert (engine.intra_op_threads, engine.inter_op_threads) == (0, 0)
 
 
-def test_thread_pools_are_chosen_from_the_core_count_unless_set():
-    from metabench.harness.engines.tensorflow import auto_threads
+def test_thread_pools_and_tasks_in_flight_are_chosen_from_the_core_count_unless_set():
+    from metabench.harness.engines.tensorflow import auto_parallelism
 
-    assert auto_threads(1, {}) == (1, 2) and auto_threads(2, {}) == (1, 2)  # one thread per op on small machines
-    assert auto_threads(3, {}) == (0, 0) and auto_threads(64, {}) == (0, 0)  # TensorFlow's own pools elsewhere
-    assert auto_threads(2, {"TF_NUM_INTRAOP_THREADS": "2"}) == (0, 0)  # TensorFlow reads its variables itself
-    assert auto_threads(2, {"TF_NUM_INTEROP_THREADS": "4"}) == (0, 0)
-    # Explicit values win over the automatic choice, one pool at a time (0: TensorFlow's default for the other).
-    engine = get_engine("tensorflow", intra_op_threads=1)
-    assert (engine.intra_op_threads, engine.inter_op_threads) == (1, 0)
+    # One thread per op and two tasks at once on small machines; TensorFlow's own pools elsewhere.
+    assert auto_parallelism(1, {}) == (1, 2, 2) and auto_parallelism(2, {}) == (1, 2, 2)
+    assert auto_parallelism(3, {}) == (0, 0, 1) and auto_parallelism(64, {}) == (0, 0, 1)
+    assert auto_parallelism(2, {"TF_NUM_INTRAOP_THREADS": "2"}) == (0, 0, 1)  # TensorFlow reads its variables itself
+    assert auto_parallelism(2, {"TF_NUM_INTEROP_THREADS": "4"}) == (0, 0, 1)
+    # Explicit values win over the automatic choice, one pool at a time (0: TensorFlow's default for the
+    # other), and leave the tasks in flight as configured.
+    engine = get_engine("tensorflow", intra_op_threads=1, parallel_tasks=1)
+    assert (engine.intra_op_threads, engine.inter_op_threads, engine.parallel_tasks) == (1, 0, 1)
+    assert get_engine("tensorflow", intra_op_threads=0, parallel_tasks=3).parallel_tasks == 3
+
+
+def test_tasks_in_flight_change_no_result():
+    # The loop's accumulators are loop-carried, so tasks computed two or four at a time sum in task order.
+    import keras
+    from keras import ops
+
+    def task_loss(params, state, task):
+        hidden = ops.tanh(ops.matmul(task["x"], params[0]))
+        residual = ops.sum(hidden, axis=-1) - task["y"]
+        return ops.mean(residual**2), ({"abs_error": ops.mean(ops.abs(residual))}, [])
+
+    rng = np.random.default_rng(1)
+    batch = {"x": rng.normal(size=(9, 6, 3)).astype("float32"), "y": rng.normal(size=(9, 6)).astype("float32")}
+    start = rng.normal(size=(3, 5)).astype("float32")
+    results = []
+    for in_flight in (1, 2, 4):
+        engine = get_engine("tensorflow", intra_op_threads=0, inter_op_threads=0, parallel_tasks=in_flight)
+        weights = keras.Variable(start)
+        trainer = engine.make_meta_trainer(task_loss, [weights], keras.optimizers.Adam(0.1))
+        losses = [float(trainer(batch)["loss"]) for _ in range(3)]
+        results.append((losses, weights.numpy()))
+    for losses, weights in results[1:]:
+        assert losses == results[0][0]
+        np.testing.assert_array_equal(weights, results[0][1])
+    assert results[0][0][2] < results[0][0][0]  # and it trains
 
 
 def test_trajectory_records_every_step_eager_compiled_and_vectorized():
@@ -290,15 +319,15 @@ def test_the_task_loop_traces_a_task_once_and_averages_every_tasks_gradient():
     assert traces == {"task_loss": 1, "task_eval": 1}
 
 
-def test_a_fresh_tensorflow_engine_on_one_core_runs_one_thread_per_op():
+def test_a_fresh_tensorflow_engine_on_one_core_runs_two_tasks_at_once_one_thread_per_op():
     # In a process of its own: TensorFlow's pools can only be sized before its first op runs.
     code = (
         "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
         "os.environ.pop('TF_NUM_INTRAOP_THREADS', None); os.environ.pop('TF_NUM_INTEROP_THREADS', None); "
         "from metabench.harness.engines import get_engine; engine = get_engine('tensorflow'); "
-        "import tensorflow as tf; tf.constant(1.0) + 1.0; print(engine.thread_pools())"
+        "import tensorflow as tf; tf.constant(1.0) + 1.0; print(engine.parallelism())"
     )
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == "{'intra_op': 1, 'inter_op': 2}"
+    assert done.stdout.strip().splitlines()[-1] == "{'intra_op': 1, 'inter_op': 2, 'tasks_in_flight': 2}"

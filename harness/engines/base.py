@@ -130,8 +130,8 @@ class Engine(abc.ABC):
                 "its matmul precision; use 'default'."
             )
 
-    def thread_pools(self) -> dict | None:
-        """The host thread pools the backend runs with, where the engine sets them; else None (the default)."""
+    def parallelism(self) -> dict | None:
+        """The host thread pools and tasks in flight the engine runs with, where it sets them; else None (the default)."""
         return None
 
     def device_memory_peak(self) -> int | None:

@@ -32,13 +32,17 @@ class TensorFlowEngine(Engine):
         xla: compile steps with XLA (``jit_compile=True``).
         deterministic: switch on ``tf.config.experimental.enable_op_determinism`` (bit-for-bit
             repeatable runs on CPU).
-        parallel_tasks: ``parallel_iterations`` of the task loop (and of the evaluation ``tf.map_fn``).
+        parallel_tasks: ``parallel_iterations`` of the task loop (and of the evaluation ``tf.map_fn``):
+            tasks in flight at once. Where the engine sizes the thread pools itself (below) it keeps at
+            least :func:`auto_parallelism`'s count in flight, 2 on a machine with at most 2 cores, one
+            task per inter-op thread. Results do not depend on it: the loop sums each task's loss and
+            meta-gradient into loop-carried accumulators, in task order.
         task_map: ``"loop"`` (a ``tf.while_loop`` over tasks accumulating each task's meta-gradient:
             the fast form on the CPU), ``"vectorized"`` (``tf.vectorized_map`` over the tasks, per-task
             gradients stacked and averaged: for GPUs) or ``"auto"`` (``loop``).
         intra_op_threads, inter_op_threads: TensorFlow's thread pools (0: TensorFlow's default, one
-            thread per core; ``None``, the default: :func:`auto_threads`, 1 and 2 on a machine with at
-            most 2 cores, TensorFlow's default elsewhere). Few-shot steps are many small ops, where one
+            thread per core; ``None`` for both, the default: :func:`auto_parallelism`, 1 and 2 on a
+            machine with at most 2 cores, TensorFlow's default elsewhere). Few-shot steps are many small ops, where one
             intra-op thread beats several on 2 cores (``docs/performance.md``). Only settable before
             TensorFlow runs its first op; later an explicit value that differs is logged and left
             alone, and the automatic choice is skipped silently.
@@ -58,13 +62,14 @@ class TensorFlowEngine(Engine):
                 raise EngineError(f"Received {name}={value!r}; expected a non-negative integer (0: TensorFlow's default) "
                                   "or None (chosen from the core count).")
         automatic = intra_op_threads is None and inter_op_threads is None
+        tasks_in_flight = 1
         if automatic:
-            intra_op_threads, inter_op_threads = auto_threads(_usable_cpus(), os.environ)
+            intra_op_threads, inter_op_threads, tasks_in_flight = auto_parallelism(_usable_cpus(), os.environ)
         self.intra_op_threads, self.inter_op_threads = intra_op_threads or 0, inter_op_threads or 0
         _set_threads(self.intra_op_threads, self.inter_op_threads, quiet=automatic)
         self.xla = bool(xla)
         self.deterministic = bool(deterministic)
-        self.parallel_tasks = int(parallel_tasks)
+        self.parallel_tasks = max(int(parallel_tasks), tasks_in_flight)
         self.task_map = "loop" if task_map == "auto" else task_map
         self.VECTORIZED_TASKS = self.task_map == "vectorized"
         if self.deterministic:
@@ -192,10 +197,12 @@ class TensorFlowEngine(Engine):
         gpus = tf.config.list_logical_devices("GPU")
         return f"GPU ({len(gpus)})" if gpus else "CPU"
 
-    def thread_pools(self) -> dict:
-        """The intra-op and inter-op pool sizes TensorFlow runs with (0: its default, one per core)."""
+    def parallelism(self) -> dict:
+        """The intra-op and inter-op pool sizes TensorFlow runs with (0: its default, one per core) and
+        the tasks the loop keeps in flight."""
         threading = tf.config.threading
-        return {"intra_op": threading.get_intra_op_parallelism_threads(), "inter_op": threading.get_inter_op_parallelism_threads()}
+        return {"intra_op": threading.get_intra_op_parallelism_threads(), "inter_op": threading.get_inter_op_parallelism_threads(),
+                "tasks_in_flight": self.parallel_tasks}
 
     def device_memory_peak(self) -> int | None:
         """Peak bytes allocated on the first GPU since start; None on the CPU (TensorFlow reports none there)."""
@@ -212,15 +219,15 @@ def _trace_per_task(fn, params, state, batch):
     return tf.function(fn).get_concrete_function(*specs, task_spec)
 
 
-def auto_threads(cpus: int, environ) -> tuple[int, int]:
-    """The ``(intra_op, inter_op)`` pool sizes an engine takes by default on a machine with ``cpus``
-    usable cores: ``(1, 2)`` on at most 2 cores, where one thread per op was faster in every round
-    measured on the 2-core CI kind of machine (``docs/performance.md``); ``(0, 0)`` (TensorFlow's own,
-    one thread per core) on larger machines, or wherever ``TF_NUM_INTRAOP_THREADS`` or
-    ``TF_NUM_INTEROP_THREADS`` is set (TensorFlow reads those itself)."""
+def auto_parallelism(cpus: int, environ) -> tuple[int, int, int]:
+    """The ``(intra_op, inter_op, tasks_in_flight)`` an engine takes by default on a machine with
+    ``cpus`` usable cores: ``(1, 2, 2)`` on at most 2 cores, two tasks computed at once with one thread
+    per op, faster than TensorFlow's pools on the 2-core CI kind of machine (``docs/performance.md``);
+    ``(0, 0, 1)`` (TensorFlow's own pools, one thread per core) on larger machines, or wherever
+    ``TF_NUM_INTRAOP_THREADS`` or ``TF_NUM_INTEROP_THREADS`` is set (TensorFlow reads those itself)."""
     if "TF_NUM_INTRAOP_THREADS" in environ or "TF_NUM_INTEROP_THREADS" in environ or cpus > 2:
-        return 0, 0
-    return 1, 2
+        return 0, 0, 1
+    return 1, 2, 2
 
 
 def _usable_cpus() -> int:

@@ -98,7 +98,7 @@ def run_bench(
     Returns:
         A dict with ``PEER_KEYS`` and ``backend``, ``inner_lr``, ``first_order``, ``iters``,
         ``image_size``, ``filters``, ``conv``, ``dtype_policy``, ``host_data``, ``matmul_precision``, ``engine_options``,
-        ``thread_pools`` (the host thread pools in effect, where the engine sets them), ``loss`` (the last meta-training loss), ``rss_before_mib`` (peak host RSS before the first step),
+        ``parallelism`` (the host thread pools and tasks in flight, where the engine sets them), ``loss`` (the last meta-training loss), ``rss_before_mib`` (peak host RSS before the first step),
         ``peak_rss_mib`` (peak host RSS at the end) and ``device_peak_mib`` (peak device memory
         where the backend reports it, else None).
     """
@@ -178,7 +178,7 @@ def run_bench(
         "host_data": bool(host_data or data_dir is not None),
         "matmul_precision": matmul_precision,
         "engine_options": engine_options,
-        "thread_pools": engine.thread_pools(),
+        "parallelism": engine.parallelism(),
         "loss": round(float(logs["loss"]), 6),
         "rss_before_mib": round(rss_before, 1),
         "peak_rss_mib": round(_peak_rss_mib(), 1),
