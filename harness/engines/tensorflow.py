@@ -44,10 +44,10 @@ class TensorFlowEngine(Engine):
             gradients stacked and averaged: for GPUs) or ``"auto"`` (``loop``).
         intra_op_threads, inter_op_threads: TensorFlow's thread pools (0: TensorFlow's default, one
             thread per core; ``None`` for both, the default: :func:`auto_parallelism`, 1 and 2 on a
-            machine with at most 2 cores, TensorFlow's default elsewhere). Few-shot steps are many small ops, where one
-            intra-op thread beats several on 2 cores (``docs/performance.md``). Only settable before
-            TensorFlow runs its first op; later an explicit value that differs is logged and left
-            alone, and the automatic choice is skipped silently.
+            machine with at most 2 cores, TensorFlow's default elsewhere). Few-shot steps are many
+            small ops, where one intra-op thread beats several on 2 cores (``docs/performance.md``).
+            Only settable before TensorFlow runs its first op; later an explicit value that differs
+            is logged and left alone, and the automatic choice is skipped silently.
     """
 
     name = "tensorflow"
@@ -117,13 +117,13 @@ class TensorFlowEngine(Engine):
             state = [tf.convert_to_tensor(v.value) for v in state_variables]
             num_tasks = tf.shape(next(iter(batch.values())))[0]
 
-            def one_task(task, params=params, state=state):
+            def one_task(params, state, task):
                 (loss, (metrics, new_state)), grads = value_and_grad(params, state, task)
                 return loss, metrics, list(new_state), list(grads)
 
             if self.task_map == "vectorized":
                 # Per-task results stacked on a leading task axis, then summed like the loop's accumulators.
-                losses, metrics, new_states, grads = tf.vectorized_map(one_task, batch)
+                losses, metrics, new_states, grads = tf.vectorized_map(lambda task: one_task(params, state, task), batch)
                 loss_sum = tf.reduce_sum(losses, axis=0)
                 metric_sums = {k: tf.reduce_sum(v, axis=0) for k, v in metrics.items()}
                 state_sums = [tf.reduce_sum(s, axis=0) for s in new_states]
@@ -132,7 +132,7 @@ class TensorFlowEngine(Engine):
                 # The task is traced once, as a function the loop calls for every task; its outputs'
                 # shapes give the accumulators' zeros (seeding them with a peeled first task traced it
                 # twice: twice the graph to build and optimize before the first step).
-                traced = _trace_per_task(lambda p, s, task: one_task(task, p, s), params, state, batch)
+                traced = _trace_per_task(one_task, params, state, batch)
                 zeros = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype), traced.structured_outputs)
 
                 def body(i, loss_sum, metric_sums, state_sums, grad_sums):

@@ -97,9 +97,10 @@ def run_bench(
 
     Returns:
         A dict with ``PEER_KEYS`` and ``backend``, ``inner_lr``, ``first_order``, ``iters``,
-        ``image_size``, ``filters``, ``conv``, ``dtype_policy``, ``host_data``, ``matmul_precision``, ``engine_options``,
-        ``parallelism`` (the host thread pools and tasks in flight, where the engine sets them), ``loss`` (the last meta-training loss), ``rss_before_mib`` (peak host RSS before the first step),
-        ``peak_rss_mib`` (peak host RSS at the end) and ``device_peak_mib`` (peak device memory
+        ``image_size``, ``filters``, ``conv``, ``dtype_policy``, ``host_data``, ``matmul_precision``,
+        ``engine_options``, ``parallelism`` (the host thread pools and tasks in flight, where the
+        engine sets them), ``loss`` (the last meta-training loss), ``rss_before_mib`` (peak host RSS
+        before the first step), ``peak_rss_mib`` (peak host RSS at the end) and ``device_peak_mib`` (peak device memory
         where the backend reports it, else None).
     """
     _bench_iv(ways, shots, queries, meta_batch, inner_steps, inner_lr, iters, image_size, filters, matmul_precision, conv)
